@@ -1,0 +1,82 @@
+"""The ``kubeharness`` command: one entry point, a subcommand per component.
+
+    kubeharness cri serve --socket PATH --state-dir DIR [--config FILE]
+    kubeharness bench cri [--endpoint unix://PATH] [--cycles N] [--concurrency K] [--live-pods N]
+    kubeharness demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from kubeharness.errors import KubeharnessError
+
+
+def _cri_serve(args: argparse.Namespace) -> int:
+    from kubeharness.emulators.cri.config import CriConfig
+    from kubeharness.emulators.cri.server import serve
+
+    config = CriConfig.load(Path(args.config)) if args.config else CriConfig()
+    asyncio.run(serve(args.socket, Path(args.state_dir), config))
+    return 0
+
+
+def _bench_cri(args: argparse.Namespace) -> int:
+    from kubeharness.bench.cri import main as bench_main
+
+    return bench_main(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from kubeharness.demo import main as demo_main
+
+    return demo_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kubeharness", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    sub = parser.add_subparsers(dest="component", required=True)
+
+    cri = sub.add_parser("cri", help="the CRI runtime emulator").add_subparsers(dest="action", required=True)
+    serve = cri.add_parser("serve", help="serve the CRI on a unix socket")
+    serve.add_argument("--socket", required=True, help="unix socket path (or unix:// URL) to listen on")
+    serve.add_argument("--state-dir", required=True, help="directory for the emulator's saved state")
+    serve.add_argument("--config", help="YAML configuration file")
+    serve.set_defaults(func=_cri_serve)
+
+    bench = sub.add_parser("bench", help="benchmarks that print figures").add_subparsers(dest="target", required=True)
+    bench_cri = bench.add_parser("cri", help="pod-cycle latency and throughput of a CRI endpoint")
+    bench_cri.add_argument("--endpoint", help="CRI endpoint to measure (default: start an emulator)")
+    bench_cri.add_argument("--cycles", type=int, default=300, help="pod cycles per phase")
+    bench_cri.add_argument("--concurrency", type=int, default=16, help="concurrent clients in the parallel phase")
+    bench_cri.add_argument("--live-pods", type=int, default=0, help="also measure List* with this many live pods")
+    bench_cri.add_argument("--image", default="", help="image for the benchmark's containers")
+    bench_cri.set_defaults(func=_bench_cri)
+
+    demo = sub.add_parser("demo", help="start the emulators, run a few pods through their lifecycle, print it")
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except KubeharnessError as err:
+        print(f"kubeharness: {err.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The emulators: CRI runtime (gRPC), CSI plugin (gRPC) and CNI plugin (executable)."""

@@ -1,0 +1,191 @@
+"""Container RPCs: Create, Start, Stop, Remove, ContainerStatus, ListContainers,
+UpdateContainerResources and ReopenContainerLog.
+
+Stop and remove are idempotent, as the CRI states: stopping a container that is not running, or
+removing one that is gone, succeeds. Removing a running container force-stops it first.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+
+from kubeharness.clock import seconds_to_ns
+from kubeharness.emulators.cri.model import CREATED, EXITED, RUNNING, Container
+from kubeharness.emulators.cri.runtime import Runtime
+from kubeharness.emulators.cri.validate import bounded, require_id, require_name, safe_relative
+from kubeharness.emulators.cri.views import container_status, container_summary
+from kubeharness.errors import FailedPrecondition, InvalidArgument, NotFound
+from kubeharness.wire.cri import api_pb2 as cri
+
+STATE_NAMES = {CREATED: "CONTAINER_CREATED", RUNNING: "CONTAINER_RUNNING", EXITED: "CONTAINER_EXITED"}
+
+
+def container_name(c: cri.ContainerMetadata, s: cri.PodSandboxMetadata) -> str:
+    """containerd's unique container name: name_podname_namespace_uid_attempt."""
+    return "_".join((c.name, s.name, s.namespace, s.uid, str(c.attempt)))
+
+
+async def create(rt: Runtime, req: cri.CreateContainerRequest) -> cri.CreateContainerResponse:
+    require_id(req.pod_sandbox_id, "pod_sandbox_id")
+    if not req.HasField("config"):
+        raise InvalidArgument("CreateContainer needs a config")
+    cfg = req.config
+    require_name(cfg.metadata.name, "config.metadata.name")
+    require_name(cfg.image.image, "config.image.image")
+    log_path = safe_relative(cfg.log_path, "config.log_path")
+    for i, mount in enumerate(cfg.mounts):
+        if not mount.container_path:
+            raise InvalidArgument(f"config.mounts[{i}].container_path must not be empty")
+        bounded(mount.container_path, f"config.mounts[{i}].container_path", 4096)
+        bounded(mount.host_path, f"config.mounts[{i}].host_path", 4096)
+        if mount.propagation not in cri.MountPropagation.values():
+            raise InvalidArgument(f"config.mounts[{i}].propagation has the unknown value {mount.propagation}")
+    for i, kv in enumerate(cfg.envs):
+        bounded(kv.key, f"config.envs[{i}].key")
+
+    sb = rt.sandboxes.get(req.pod_sandbox_id)
+    if not sb.ready:
+        raise FailedPrecondition(f"sandbox {sb.id} is not in ready state: cannot create a container in it")
+    image = rt.images.resolve(cfg.image.image)
+    if image is None:
+        raise NotFound(f"failed to get image {cfg.image.image[:256]!r}: image not found; pull it first")
+
+    container_id = rt.new_id()
+    name = container_name(cfg.metadata, sb.config.metadata)
+    rt.names.reserve(name, container_id)
+    log_dir = sb.config.log_directory
+    c = Container(
+        id=container_id,
+        sandbox_id=sb.id,
+        name=name,
+        config=cfg,
+        image_id=image.id,
+        log_path=posixpath.join(log_dir, log_path) if log_dir and log_path else "",
+        created_ns=rt.clock.now_ns(),
+    )
+    c.resources.CopyFrom(cfg.linux.resources)
+    rt.add_container(c)
+    rt.emit(cri.CONTAINER_CREATED_EVENT, c)
+    return cri.CreateContainerResponse(container_id=container_id)
+
+
+async def start(rt: Runtime, req: cri.StartContainerRequest) -> cri.StartContainerResponse:
+    require_id(req.container_id, "container_id")
+    c = rt.containers.get(req.container_id)
+    if c.state != CREATED:
+        raise FailedPrecondition(f"container {c.id} is in {STATE_NAMES[c.state]} state; only a created container can start")
+    sb = rt.sandboxes.get(c.sandbox_id)
+    if not sb.ready:
+        raise FailedPrecondition(f"sandbox {sb.id} of container {c.id} is not ready")
+    c.started_ns = rt.clock.now_ns()
+    rt.save_container(c)
+    rt.emit(cri.CONTAINER_STARTED_EVENT, c)
+    rt.start_process(c)
+    return cri.StartContainerResponse()
+
+
+async def stop_container(rt: Runtime, c: Container, timeout_s: int) -> None:
+    """SIGTERM, then SIGKILL after ``timeout_s`` (at once when 0); returns when the container exited."""
+    process = rt.processes.get(c.id)
+    if c.state != RUNNING or process is None:
+        return  # stopping a container that is not running is a no-op
+    now = rt.clock.now_ns()
+    if timeout_s > 0:
+        if not c.term_ns:
+            c.term_ns = now
+        deadline = now + seconds_to_ns(timeout_s)
+        c.kill_ns = min(c.kill_ns, deadline) if c.kill_ns else deadline
+    else:
+        c.kill_ns = now
+    rt.save_container(c)
+    process.replan()
+    await rt.wait_exited(c)
+
+
+async def stop_container_now(rt: Runtime, c: Container) -> None:
+    await stop_container(rt, c, 0)
+
+
+async def stop(rt: Runtime, req: cri.StopContainerRequest) -> cri.StopContainerResponse:
+    require_id(req.container_id, "container_id")
+    if req.timeout < 0:
+        raise InvalidArgument(f"timeout must not be negative, got {req.timeout}")
+    c = rt.containers.get(req.container_id)
+    await stop_container(rt, c, req.timeout)
+    return cri.StopContainerResponse()
+
+
+async def remove(rt: Runtime, req: cri.RemoveContainerRequest) -> cri.RemoveContainerResponse:
+    require_id(req.container_id, "container_id")
+    c = rt.containers.find(req.container_id)
+    if c is None:
+        return cri.RemoveContainerResponse()
+    await stop_container_now(rt, c)
+    if rt.containers.find(c.id) is None:  # removed by a concurrent call while we waited
+        return cri.RemoveContainerResponse()
+    rt.drop_container(c)
+    rt.emit(cri.CONTAINER_DELETED_EVENT, c)
+    return cri.RemoveContainerResponse()
+
+
+async def status(rt: Runtime, req: cri.ContainerStatusRequest) -> cri.ContainerStatusResponse:
+    require_id(req.container_id, "container_id")
+    c = rt.containers.get(req.container_id)
+    resp = cri.ContainerStatusResponse(status=container_status(c, rt.images.resolve(c.image_id)))
+    if req.verbose:
+        b = rt.behaviour_of(c)
+        resp.info["info"] = json.dumps(
+            {"sandboxID": c.sandbox_id, "pid": 0, "emulated": True, "behaviour": b.kind, "logPath": c.log_path}
+        )
+    return resp
+
+
+async def list_containers(rt: Runtime, req: cri.ListContainersRequest) -> cri.ListContainersResponse:
+    flt = req.filter
+    if flt.id:
+        found = rt.containers.find(flt.id)
+        candidates = [found] if found is not None else []
+    elif flt.pod_sandbox_id:
+        sb = rt.sandboxes.find(flt.pod_sandbox_id)
+        candidates = rt.containers_of(sb.id) if sb is not None else []
+    else:
+        candidates = list(rt.containers)
+    want_state = flt.state.state if flt.HasField("state") else None
+    selector = dict(flt.label_selector)
+    resp = cri.ListContainersResponse()
+    for c in candidates:
+        if flt.pod_sandbox_id and not c.sandbox_id.startswith(flt.pod_sandbox_id):
+            continue
+        if want_state is not None and c.state != want_state:
+            continue
+        if selector and any(c.config.labels.get(k) != v for k, v in selector.items()):
+            continue
+        resp.containers.append(container_summary(c))
+    return resp
+
+
+async def update_resources(
+    rt: Runtime, req: cri.UpdateContainerResourcesRequest
+) -> cri.UpdateContainerResourcesResponse:
+    require_id(req.container_id, "container_id")
+    c = rt.containers.get(req.container_id)
+    if c.state == EXITED:
+        raise FailedPrecondition(f"container {c.id} has exited; its resources cannot be updated")
+    if req.HasField("linux"):
+        c.resources.CopyFrom(req.linux)
+        rt.save_container(c)
+        process = rt.processes.get(c.id)
+        if process is not None:
+            process.replan()  # a lower memory limit may OOM-kill it now
+    return cri.UpdateContainerResourcesResponse()
+
+
+async def reopen_log(rt: Runtime, req: cri.ReopenContainerLogRequest) -> cri.ReopenContainerLogResponse:
+    require_id(req.container_id, "container_id")
+    c = rt.containers.get(req.container_id)
+    process = rt.processes.get(c.id)
+    if c.state != RUNNING or process is None:
+        raise FailedPrecondition(f"container {c.id} is not running; only a running container's log can be reopened")
+    process.reopen_log()
+    return cri.ReopenContainerLogResponse()

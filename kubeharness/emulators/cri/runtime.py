@@ -1,0 +1,194 @@
+"""The CRI emulator's state and collaborators, shared by every RPC handler.
+
+Handlers (``sandboxes``, ``containers``, ``exec``, ``stats``, ``images_service``, ``info``) are
+functions of a :class:`Runtime`; this module owns what they share: the stores, saving, starting and
+ending simulated processes, and the event stream. Every change goes through ``save_*`` so the state
+directory always reflects what the clients were told.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from pathlib import Path
+
+from kubeharness import __version__
+from kubeharness.clock import Clock
+from kubeharness.emulators.cri.behaviour import Behaviour, behaviour_for, command_line
+from kubeharness.emulators.cri.config import CriConfig
+from kubeharness.emulators.cri.events import EventHub
+from kubeharness.emulators.cri.images import DEFAULT_CATALOG, Catalog
+from kubeharness.emulators.cri.imagestore import ImageStore
+from kubeharness.emulators.cri.logs import ContainerLog
+from kubeharness.emulators.cri.model import Container, Sandbox
+from kubeharness.emulators.cri.network import IpPool
+from kubeharness.emulators.cri.process import Exit, Process
+from kubeharness.emulators.cri.store import NameIndex, Store
+from kubeharness.emulators.cri.views import container_status, sandbox_status
+from kubeharness.persist import RecordDir
+from kubeharness.wire.cri import api_pb2 as cri
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    """Everything the RPC handlers share."""
+
+    def __init__(self, config: CriConfig, state_dir: Path, clock: Clock, min_tick_ns: int = 0) -> None:
+        self.config = config
+        self.clock = clock  # the only source of time
+        self.state_dir = state_dir
+        self.version = config.runtime_version or __version__
+        self.sandboxes: Store[Sandbox] = Store("sandbox")
+        self.containers: Store[Container] = Store("container")
+        self.names = NameIndex()  # sandbox and container names -> holder ids
+        self.by_sandbox: dict[str, dict[str, Container]] = {}  # sandbox id -> its containers
+        self.catalog = Catalog(list(config.images) + DEFAULT_CATALOG)  # the virtual registry
+        self.images = ImageStore(RecordDir(state_dir / "images"))  # images on the node
+        self.ips = IpPool(config.pod_cidr)  # pod addresses
+        self.events = EventHub(config.event_buffer)  # GetContainerEvents subscribers
+        self.processes: dict[str, Process] = {}  # running containers' simulated processes
+        self.pulls: dict[str, asyncio.Task[str]] = {}  # pulls in flight by canonical ref
+        self.runtime_config = cri.RuntimeConfig()  # last UpdateRuntimeConfig
+        self.image_fs_dir = state_dir / "snapshots"  # where the image filesystem "lives"
+        self.image_fs_dir.mkdir(parents=True, exist_ok=True)
+        self._sandbox_records = RecordDir(state_dir / "sandboxes")
+        self._container_records = RecordDir(state_dir / "containers")
+        self._exit_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._min_tick_ns = min_tick_ns
+
+    # -- ids and persistence ----------------------------------------------------------------------
+
+    @staticmethod
+    def new_id() -> str:
+        return secrets.token_hex(32)
+
+    def save_sandbox(self, sb: Sandbox) -> None:
+        self._sandbox_records.save(sb.id, sb.to_record())
+
+    def save_container(self, c: Container) -> None:
+        self._container_records.save(c.id, c.to_record())
+
+    def add_sandbox(self, sb: Sandbox) -> None:
+        self.save_sandbox(sb)
+        self.sandboxes.add(sb.id, sb)
+        self.by_sandbox[sb.id] = {}
+
+    def drop_sandbox(self, sb: Sandbox) -> None:
+        self._sandbox_records.delete(sb.id)
+        self.sandboxes.delete(sb.id)
+        self.by_sandbox.pop(sb.id, None)
+        self.names.release(sb.name)
+
+    def add_container(self, c: Container) -> None:
+        self.save_container(c)
+        self.containers.add(c.id, c)
+        self.by_sandbox.setdefault(c.sandbox_id, {})[c.id] = c
+
+    def drop_container(self, c: Container) -> None:
+        self._container_records.delete(c.id)
+        self.containers.delete(c.id)
+        self.by_sandbox.get(c.sandbox_id, {}).pop(c.id, None)
+        self.names.release(c.name)
+
+    def containers_of(self, sandbox_id: str) -> list[Container]:
+        return list(self.by_sandbox.get(sandbox_id, {}).values())
+
+    # -- processes --------------------------------------------------------------------------------
+
+    def behaviour_of(self, c: Container) -> Behaviour:
+        image = self.images.resolve(c.image_id)
+        entrypoint = image.entrypoint if image else []
+        cmd = image.cmd if image else []
+        argv = command_line(c.config.command, c.config.args, entrypoint, cmd)
+        return behaviour_for(argv, image.kind if image else "")
+
+    def start_process(self, c: Container) -> Process:
+        process = Process(
+            c,
+            self.behaviour_of(c),
+            self.clock,
+            ContainerLog(c.log_path),
+            on_exit=self._process_exited,
+            on_progress=self.save_container,
+            min_tick_ns=self._min_tick_ns,
+        )
+        self.processes[c.id] = process
+        process.start()
+        return process
+
+    def _process_exited(self, c: Container, ending: Exit) -> None:
+        self.processes.pop(c.id, None)
+        self.mark_exited(c, ending)
+
+    def mark_exited(self, c: Container, ending: Exit) -> None:
+        """Record an exit, tell the event stream and wake whoever waits for it."""
+        c.finished_ns = ending.at_ns
+        c.exit_code = ending.code
+        c.reason = ending.reason
+        c.message = ending.message
+        c.term_ns = c.kill_ns = 0
+        self.save_container(c)
+        self.emit(cri.CONTAINER_STOPPED_EVENT, c)
+        for waiter in self._exit_waiters.pop(c.id, []):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def wait_exited(self, c: Container) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if c.finished_ns:
+            future.set_result(None)
+        else:
+            self._exit_waiters.setdefault(c.id, []).append(future)
+        return future
+
+    # -- events -----------------------------------------------------------------------------------
+
+    def emit(self, kind: int, c: Container) -> None:
+        if not self.events.subscribers:
+            return
+        sb = self.sandboxes.find(c.sandbox_id)
+        event = cri.ContainerEventResponse(container_id=c.id, container_event_type=kind, created_at=self.clock.now_ns())
+        if sb is not None:
+            event.pod_sandbox_status.CopyFrom(sandbox_status(sb))
+            for other in self.containers_of(sb.id):
+                event.containers_statuses.append(container_status(other, self.images.resolve(other.image_id)))
+        self.events.publish(event)
+
+    # -- start and stop ---------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Rebuild the state saved in ``state_dir``; running containers resume, judged by the clock."""
+        for record in self._sandbox_records.load():
+            sb = Sandbox.from_record(record)
+            self.sandboxes.add(sb.id, sb)
+            self.by_sandbox.setdefault(sb.id, {})
+            self.names.reserve(sb.name, sb.id)
+            if sb.ready and sb.ip:
+                self.ips.reserve(sb.ip)
+        for record in self._container_records.load():
+            c = Container.from_record(record)
+            if self.sandboxes.find(c.sandbox_id) is None:
+                log.warning("dropping container %s of vanished sandbox %s", c.id, c.sandbox_id)
+                self._container_records.delete(c.id)
+                continue
+            self.containers.add(c.id, c)
+            self.by_sandbox[c.sandbox_id][c.id] = c
+            self.names.reserve(c.name, c.id)
+        resumed = 0
+        for c in self.containers:
+            if c.state == cri.CONTAINER_RUNNING:
+                self.start_process(c)
+                resumed += 1
+        log.info(
+            "loaded %d sandboxes, %d containers (%d running), %d images",
+            len(self.sandboxes), len(self.containers), resumed, len(self.images),
+        )
+
+    def shutdown(self) -> None:
+        """Save progress and drop timers; the processes resume on the next load."""
+        for process in list(self.processes.values()):
+            process.stop_timers()
+            self.save_container(process.container)
+        self.processes.clear()

@@ -1,0 +1,137 @@
+"""Pod sandbox RPCs: RunPodSandbox, StopPodSandbox, RemovePodSandbox, PodSandboxStatus, ListPodSandbox.
+
+A sandbox is the pause container plus the namespaces its containers join; its IP is allocated once
+at RunPodSandbox and never changes while it lives, however often its containers restart.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from kubeharness.emulators.cri import images_service
+from kubeharness.emulators.cri.containers import stop_container_now
+from kubeharness.emulators.cri.model import Sandbox
+from kubeharness.emulators.cri.runtime import Runtime
+from kubeharness.emulators.cri.validate import bounded, require_id, require_name, safe_directory
+from kubeharness.emulators.cri.views import container_status, sandbox_status, sandbox_summary
+from kubeharness.errors import InvalidArgument, KubeharnessError
+from kubeharness.wire.cri import api_pb2 as cri
+
+RUNTIME_HANDLERS = ("", "runc")
+
+
+def sandbox_name(meta: cri.PodSandboxMetadata) -> str:
+    """containerd's unique sandbox name: name_namespace_uid_attempt."""
+    return "_".join((meta.name, meta.namespace, meta.uid, str(meta.attempt)))
+
+
+async def run(rt: Runtime, req: cri.RunPodSandboxRequest) -> cri.RunPodSandboxResponse:
+    cfg = req.config
+    if not req.HasField("config"):
+        raise InvalidArgument("RunPodSandbox needs a config")
+    meta = cfg.metadata
+    require_name(meta.name, "config.metadata.name")
+    require_name(meta.namespace, "config.metadata.namespace")
+    require_name(meta.uid, "config.metadata.uid")
+    bounded(cfg.hostname, "config.hostname")
+    safe_directory(cfg.log_directory, "config.log_directory")
+    if req.runtime_handler not in RUNTIME_HANDLERS:
+        raise KubeharnessError(
+            f"failed to get sandbox runtime: no runtime for {req.runtime_handler[:256]!r} is configured"
+        )
+    ns_opts = cfg.linux.security_context.namespace_options
+    for field in ("network", "pid", "ipc"):
+        if getattr(ns_opts, field) not in cri.NamespaceMode.values():
+            raise InvalidArgument(f"config.linux.security_context.namespace_options.{field} is not a NamespaceMode")
+
+    sandbox_id = rt.new_id()
+    name = sandbox_name(meta)
+    rt.names.reserve(name, sandbox_id)
+    try:
+        await images_service.ensure_image(rt, rt.config.pause_image)
+    except BaseException:
+        rt.names.release(name)
+        raise
+    sb = Sandbox(
+        id=sandbox_id,
+        name=name,
+        config=cfg,
+        runtime_handler=req.runtime_handler,
+        created_ns=rt.clock.now_ns(),
+    )
+    if not sb.host_network:
+        sb.ip = rt.ips.allocate()
+        sb.netns_path = f"/var/run/netns/cni-{uuid.uuid4()}"
+    rt.add_sandbox(sb)
+    return cri.RunPodSandboxResponse(pod_sandbox_id=sandbox_id)
+
+
+async def stop(rt: Runtime, req: cri.StopPodSandboxRequest) -> cri.StopPodSandboxResponse:
+    """Stop every container of the sandbox, then the sandbox. Idempotent, as the CRI requires."""
+    require_id(req.pod_sandbox_id, "pod_sandbox_id")
+    sb = rt.sandboxes.find(req.pod_sandbox_id)
+    if sb is None:
+        return cri.StopPodSandboxResponse()
+    for c in rt.containers_of(sb.id):
+        await stop_container_now(rt, c)
+    if sb.ready:
+        sb.ready = False
+        sb.stopped_ns = rt.clock.now_ns()
+        if sb.ip:
+            rt.ips.release(sb.ip)
+        rt.save_sandbox(sb)
+    return cri.StopPodSandboxResponse()
+
+
+async def remove(rt: Runtime, req: cri.RemovePodSandboxRequest) -> cri.RemovePodSandboxResponse:
+    """Force-stop and remove the sandbox and all its containers. Idempotent: a gone sandbox is success."""
+    require_id(req.pod_sandbox_id, "pod_sandbox_id")
+    sb = rt.sandboxes.find(req.pod_sandbox_id)
+    if sb is None:
+        return cri.RemovePodSandboxResponse()
+    await stop(rt, cri.StopPodSandboxRequest(pod_sandbox_id=sb.id))
+    for c in rt.containers_of(sb.id):
+        rt.drop_container(c)
+        rt.emit(cri.CONTAINER_DELETED_EVENT, c)
+    rt.drop_sandbox(sb)
+    return cri.RemovePodSandboxResponse()
+
+
+async def status(rt: Runtime, req: cri.PodSandboxStatusRequest) -> cri.PodSandboxStatusResponse:
+    require_id(req.pod_sandbox_id, "pod_sandbox_id")
+    sb = rt.sandboxes.get(req.pod_sandbox_id)
+    resp = cri.PodSandboxStatusResponse(status=sandbox_status(sb), timestamp=rt.clock.now_ns())
+    for c in rt.containers_of(sb.id):
+        resp.containers_statuses.append(container_status(c, rt.images.resolve(c.image_id)))
+    if req.verbose:
+        resp.info["info"] = json.dumps(
+            {
+                "pid": 0,
+                "processStatus": "running" if sb.ready else "deleted",
+                "netNamespacePath": sb.netns_path,
+                "image": rt.config.pause_image,
+                "runtimeHandler": sb.runtime_handler,
+                "emulated": True,
+            }
+        )
+    return resp
+
+
+async def list_sandboxes(rt: Runtime, req: cri.ListPodSandboxRequest) -> cri.ListPodSandboxResponse:
+    flt = req.filter
+    if flt.id:
+        found = rt.sandboxes.find(flt.id)
+        candidates = [found] if found is not None else []
+    else:
+        candidates = list(rt.sandboxes)
+    want_state = flt.state.state if flt.HasField("state") else None
+    selector = dict(flt.label_selector)
+    resp = cri.ListPodSandboxResponse()
+    for sb in candidates:
+        if want_state is not None and sb.state != want_state:
+            continue
+        if selector and any(sb.config.labels.get(k) != v for k, v in selector.items()):
+            continue
+        resp.items.append(sandbox_summary(sb))
+    return resp

@@ -1,0 +1,136 @@
+"""Starting and stopping a CRI emulator: the gRPC server on a unix socket around a Runtime.
+
+One emulator owns one state directory (an exclusive lock file guards it). ``CriServer`` runs inside
+any asyncio program (tests run it in-process with a virtual clock); :func:`serve` is the daemon that
+``kubeharness cri serve`` runs until SIGINT or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import resource
+import signal
+import socket
+import stat
+from pathlib import Path
+
+import grpc
+
+from kubeharness.clock import Clock, RealClock
+from kubeharness.emulators.cri.config import CriConfig
+from kubeharness.emulators.cri.runtime import Runtime
+from kubeharness.emulators.cri.service import ImageService, RuntimeService
+from kubeharness.errors import FailedPrecondition
+from kubeharness.grpcserve import add_service
+from kubeharness.wire.cri import api_pb2 as cri
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # what kubelet allows for CRI messages
+REAL_CLOCK_TICK_NS = 20_000_000  # batch log writes to at most 50 wakes per second per container
+
+
+def socket_path(endpoint: str) -> str:
+    """``unix:///run/x.sock`` or ``/run/x.sock`` -> ``/run/x.sock``."""
+    return endpoint.removeprefix("unix://")
+
+
+def _clear_stale_socket(path: str) -> None:
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise FailedPrecondition(f"{path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)  # nobody listens: left over from a crash
+        return
+    finally:
+        probe.close()
+    raise FailedPrecondition(f"another process is already serving on {path}")
+
+
+def raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class CriServer:
+    """A CRI emulator serving on ``endpoint`` with its state in ``state_dir``."""
+
+    def __init__(
+        self, endpoint: str, state_dir: Path, config: CriConfig | None = None, clock: Clock | None = None
+    ) -> None:
+        self.endpoint = endpoint
+        self.state_dir = state_dir
+        self.clock = clock or RealClock()
+        tick = REAL_CLOCK_TICK_NS if isinstance(self.clock, RealClock) else 0
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise FailedPrecondition(f"state directory {state_dir} is in use by another emulator") from None
+        self.runtime = Runtime(config or CriConfig(), state_dir, self.clock, min_tick_ns=tick)
+        self._server: grpc.aio.Server | None = None
+
+    async def start(self) -> None:
+        path = socket_path(self.endpoint)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        _clear_stale_socket(path)
+        self.runtime.load()
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ]
+        )
+        add_service(server, cri.DESCRIPTOR.services_by_name["RuntimeService"], RuntimeService(self.runtime))
+        add_service(server, cri.DESCRIPTOR.services_by_name["ImageService"], ImageService(self.runtime))
+        server.add_insecure_port(f"unix://{path}")
+        await server.start()
+        os.chmod(path, 0o660)
+        self._server = server
+        log.info("CRI emulator serving on unix://%s, state in %s", path, self.state_dir)
+
+    async def stop(self, grace: float | None = 1.0) -> None:
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+        self.runtime.shutdown()
+        try:
+            os.unlink(socket_path(self.endpoint))
+        except FileNotFoundError:
+            pass
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    async def __aenter__(self) -> CriServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+async def serve(endpoint: str, state_dir: Path, config: CriConfig) -> None:
+    """Run an emulator until SIGINT or SIGTERM."""
+    raise_fd_limit()
+    server = CriServer(endpoint, state_dir, config)
+    await server.start()
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, done.set)
+    print(f"kubeharness CRI emulator listening on unix://{socket_path(endpoint)}", flush=True)
+    await done.wait()
+    await server.stop()

@@ -1,0 +1,1 @@
+"""Wire definitions (protobuf/gRPC) that kubeharness speaks, with their generated stubs."""
