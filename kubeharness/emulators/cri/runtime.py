@@ -18,7 +18,7 @@ from kubeharness.clock import Clock
 from kubeharness.emulators.cri.behaviour import Behaviour, behaviour_for, command_line
 from kubeharness.emulators.cri.config import CriConfig
 from kubeharness.emulators.cri.events import EventHub
-from kubeharness.emulators.cri.images import DEFAULT_CATALOG, Catalog
+from kubeharness.emulators.cri.images import DEFAULT_CATALOG, Catalog, LocalImage, normalize_ref
 from kubeharness.emulators.cri.imagestore import ImageStore
 from kubeharness.emulators.cri.logs import ContainerLog
 from kubeharness.emulators.cri.model import Container, Sandbox
@@ -26,6 +26,7 @@ from kubeharness.emulators.cri.network import IpPool
 from kubeharness.emulators.cri.process import Exit, Process
 from kubeharness.emulators.cri.store import NameIndex, Store
 from kubeharness.emulators.cri.views import container_status, sandbox_status
+from kubeharness.errors import InvalidArgument
 from kubeharness.persist import RecordDir
 from kubeharness.wire.cri import api_pb2 as cri
 
@@ -57,6 +58,17 @@ class Runtime:
         self._container_records = RecordDir(state_dir / "containers")
         self._exit_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._min_tick_ns = min_tick_ns
+        self._preload()
+
+    def _preload(self) -> None:
+        """Put the pause image and any configured images on the node without a pull, as an installer would."""
+        pause = normalize_ref(self.config.pause_image)
+        for ref in {pause, *(normalize_ref(r) for r in self.config.preloaded_images)}:
+            entry = self.catalog.lookup(ref)
+            if entry is None or entry.missing:
+                raise InvalidArgument(f"preloaded image {ref!r} is not in the image catalog")
+            if self.images.resolve(ref) is None:
+                self.images.add(LocalImage.from_catalog(entry, ref, pinned=ref == pause))
 
     # -- ids and persistence ----------------------------------------------------------------------
 

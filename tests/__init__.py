@@ -1,0 +1,1 @@
+"""kubeharness's own tests (the conformance suite lives in kubeharness.conformance)."""

@@ -1,0 +1,154 @@
+"""Shared fixtures: a CRI emulator served in-process on a real unix socket, driven by a virtual clock.
+
+Tests talk to it only through real gRPC stubs on the socket, exactly as kubelet or crictl would.
+``cri.restart()`` stops the server and starts a new one on the same state directory and socket
+(the clock keeps its time), which is how restart persistence is tested.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+import pytest
+
+from kubeharness.clock import VirtualClock
+from kubeharness.emulators.cri.config import CriConfig
+from kubeharness.emulators.cri.server import CriServer
+from kubeharness.wire.cri import api_pb2 as api
+from kubeharness.wire.cri import api_pb2_grpc as api_grpc
+
+T = TypeVar("T")
+
+
+@dataclass
+class CriHarness:
+    """A running emulator and clients for it."""
+
+    root: Path
+    clock: VirtualClock
+    config: CriConfig
+    server: CriServer | None = None
+    channel: grpc.aio.Channel | None = None
+    runtime: api_grpc.RuntimeServiceStub = field(init=False)
+    images: api_grpc.ImageServiceStub = field(init=False)
+
+    @property
+    def socket(self) -> str:
+        return str(self.root / "cri.sock")
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.root / "pods"
+
+    async def start(self) -> None:
+        self.server = CriServer(self.socket, self.state_dir, self.config, self.clock)
+        await self.server.start()
+        self.channel = grpc.aio.insecure_channel(
+            f"unix://{self.socket}", options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        )
+        self.runtime = api_grpc.RuntimeServiceStub(self.channel)
+        self.images = api_grpc.ImageServiceStub(self.channel)
+
+    async def stop(self) -> None:
+        if self.channel is not None:
+            await self.channel.close()
+            self.channel = None
+        if self.server is not None:
+            await self.server.stop(grace=0)
+            self.server = None
+
+    async def restart(self) -> None:
+        await self.stop()
+        await self.start()
+
+    # -- conveniences that keep tests short; each is one or two plain RPCs --
+
+    def sandbox_config(self, name: str = "pod", namespace: str = "default", uid: str = "", attempt: int = 0,
+                       labels: dict[str, str] | None = None, host_network: bool = False) -> api.PodSandboxConfig:
+        cfg = api.PodSandboxConfig(
+            metadata=api.PodSandboxMetadata(name=name, namespace=namespace, uid=uid or f"uid-{name}", attempt=attempt),
+            log_directory=str(self.log_dir / f"{namespace}_{name}_{uid or 'uid-' + name}"),
+            labels=labels or {},
+        )
+        if host_network:
+            cfg.linux.security_context.namespace_options.network = api.NODE
+        return cfg
+
+    async def run_sandbox(self, cfg: api.PodSandboxConfig | None = None, **kw: object) -> str:
+        cfg = cfg or self.sandbox_config(**kw)  # type: ignore[arg-type]
+        return (await self.runtime.RunPodSandbox(api.RunPodSandboxRequest(config=cfg))).pod_sandbox_id
+
+    async def drive(self, call: Awaitable[T], step: float = 0.05, limit: float = 3600) -> T:
+        """Await an RPC that waits on the emulator's clock, advancing the virtual clock until it returns."""
+        task = asyncio.ensure_future(call)
+        advanced = 0.0
+        while not task.done():
+            if advanced >= limit:
+                task.cancel()
+                raise AssertionError(f"call did not finish within {limit}s of virtual time")
+            await self.clock.advance(step)
+            advanced += step
+            await asyncio.sleep(0.001)  # let the gRPC round trip finish on the real loop
+        return task.result()
+
+    async def pull(self, image: str) -> str:
+        request = api.PullImageRequest(image=api.ImageSpec(image=image))
+        return (await self.drive(self.images.PullImage(request))).image_ref
+
+    async def create(self, sandbox_id: str, sandbox_cfg: api.PodSandboxConfig, name: str = "c",
+                     image: str = "kubeharness.test/khelper:1", args: list[str] | None = None,
+                     command: list[str] | None = None, attempt: int = 0, memory_limit: int = 0,
+                     labels: dict[str, str] | None = None) -> str:
+        cfg = api.ContainerConfig(
+            metadata=api.ContainerMetadata(name=name, attempt=attempt),
+            image=api.ImageSpec(image=image),
+            command=command or [],
+            args=args or [],
+            log_path=f"{name}/{attempt}.log",
+            labels=labels or {},
+        )
+        if memory_limit:
+            cfg.linux.resources.memory_limit_in_bytes = memory_limit
+        req = api.CreateContainerRequest(pod_sandbox_id=sandbox_id, config=cfg, sandbox_config=sandbox_cfg)
+        return (await self.runtime.CreateContainer(req)).container_id
+
+    async def start_container(self, container_id: str) -> None:
+        await self.runtime.StartContainer(api.StartContainerRequest(container_id=container_id))
+
+    async def status(self, container_id: str) -> api.ContainerStatus:
+        return (await self.runtime.ContainerStatus(api.ContainerStatusRequest(container_id=container_id))).status
+
+    async def run_container(self, name: str = "pod", args: list[str] | None = None, **kw: object) -> tuple[str, str]:
+        """Sandbox + pulled helper image + created and started container: (sandbox id, container id)."""
+        cfg = self.sandbox_config(name=name)
+        sid = await self.run_sandbox(cfg)
+        image = str(kw.pop("image", "kubeharness.test/khelper:1"))
+        await self.pull(image)
+        cid = await self.create(sid, cfg, image=image, args=args, **kw)  # type: ignore[arg-type]
+        await self.start_container(cid)
+        return sid, cid
+
+
+@pytest.fixture
+def cri_config() -> CriConfig:
+    """Override in a test module to run the emulator with other settings."""
+    return CriConfig()
+
+
+@pytest.fixture
+async def cri(tmp_path: Path, cri_config: CriConfig) -> AsyncIterator[CriHarness]:
+    harness = CriHarness(root=tmp_path, clock=VirtualClock(), config=cri_config)
+    await harness.start()
+    try:
+        yield harness
+    finally:
+        await harness.stop()
