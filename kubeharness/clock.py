@@ -24,7 +24,7 @@ NS_PER_SECOND = 1_000_000_000
 
 def seconds_to_ns(seconds: float) -> int:
     """Convert a duration in seconds to whole nanoseconds."""
-    return int(round(seconds * NS_PER_SECOND))
+    return round(seconds * NS_PER_SECOND)
 
 
 class Timer(Protocol):
@@ -64,7 +64,7 @@ class RealClock:
 
 
 class _VirtualTimer:
-    __slots__ = ("when_ns", "callback", "cancelled")
+    __slots__ = ("callback", "cancelled", "when_ns")
 
     def __init__(self, when_ns: int, callback: Callable[[], None]) -> None:
         self.when_ns = when_ns

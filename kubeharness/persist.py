@@ -7,6 +7,7 @@ unlinks its file. Stray temporary files from a crash are ignored and cleaned on 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -43,10 +44,8 @@ class RecordDir:
 
     def delete(self, key: str) -> None:
         """Forget ``key``; forgetting an absent key is not an error."""
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self._file(key))
-        except FileNotFoundError:
-            pass
 
     def load(self) -> Iterator[dict[str, Any]]:
         """Every readable record; unreadable ones are logged and skipped."""

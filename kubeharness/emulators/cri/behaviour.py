@@ -109,7 +109,7 @@ class Behaviour:
             return 0
         # Smallest t with rate * t MiB > limit; one nanosecond past the exact crossing.
         exact_s = limit_bytes / (self.memory_mib_per_second * 1024 * 1024)
-        return int(math.floor(exact_s * 1e9)) + 1
+        return math.floor(exact_s * 1e9) + 1
 
 
 def command_line(
@@ -174,7 +174,7 @@ def parse_helper_flags(flags: Sequence[str]) -> Behaviour:
         i += 1
         try:
             if name in _INT_FLAGS:
-                number = int(value)
+                number: int = int(value)
                 if number < 0:
                     raise ValueError
                 values[_INT_FLAGS[name]] = number
@@ -193,11 +193,13 @@ def parse_helper_flags(flags: Sequence[str]) -> Behaviour:
     if values.get("log_stream", "stdout") not in ("stdout", "stderr", "both"):
         raise BehaviourError(f"invalid value {values['log_stream']!r} for flag --log-stream")
     for port in ("http_port", "tcp_port"):
-        number = values.get(port)
-        if isinstance(number, int) and not 0 < number < 65536:
-            raise BehaviourError(f"invalid value {number} for flag --{port.replace('_', '-')}")
-    if isinstance(values.get("exit_code"), int) and int(values["exit_code"]) > 255:  # type: ignore[call-overload]
-        raise BehaviourError("exit codes run from 0 to 255")
+        port_number = values.get(port)
+        if isinstance(port_number, int) and not 0 < port_number < 65536:
+            raise BehaviourError(f"invalid value {port_number} for flag --{port.replace('_', '-')}")
+    for code_flag in ("exit_code", "sigterm_exit_code"):
+        code = values.get(code_flag)
+        if isinstance(code, int) and code > 255:
+            raise BehaviourError(f"invalid value {code} for flag --{code_flag.replace('_', '-')}: exit codes run 0-255")
     return Behaviour(**values)  # type: ignore[arg-type]
 
 

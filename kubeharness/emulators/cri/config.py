@@ -53,7 +53,7 @@ class CriConfig:
                 raise InvalidArgument(f"unknown key {key!r} in CRI emulator config")
             default = getattr(config, key)
             expected = type(default)
-            if expected is int and isinstance(value, bool) or not isinstance(value, expected):
+            if (expected is int and isinstance(value, bool)) or not isinstance(value, expected):
                 raise InvalidArgument(
                     f"config key {key!r} must be {expected.__name__}, not {type(value).__name__}"
                 )

@@ -74,7 +74,9 @@ async def start(rt: Runtime, req: cri.StartContainerRequest) -> cri.StartContain
     require_id(req.container_id, "container_id")
     c = rt.containers.get(req.container_id)
     if c.state != CREATED:
-        raise FailedPrecondition(f"container {c.id} is in {STATE_NAMES[c.state]} state; only a created container can start")
+        raise FailedPrecondition(
+            f"container {c.id} is in {STATE_NAMES[c.state]} state; only a created container can start"
+        )
     sb = rt.sandboxes.get(c.sandbox_id)
     if not sb.ready:
         raise FailedPrecondition(f"sandbox {sb.id} of container {c.id} is not ready")

@@ -106,9 +106,13 @@ async def exec_sync(rt: Runtime, req: cri.ExecSyncRequest) -> cri.ExecSyncRespon
     if result.sleep_ns:
         if req.timeout and result.sleep_ns > req.timeout * NS:
             await rt.clock.sleep(req.timeout)
-            raise DeadlineExceeded(f"failed to exec in container: timeout {req.timeout}s exceeded: context deadline exceeded")
+            raise DeadlineExceeded(
+                f"failed to exec in container: timeout {req.timeout}s exceeded: context deadline exceeded"
+            )
         await rt.clock.sleep(result.sleep_ns / NS)
-    return cri.ExecSyncResponse(stdout=result.stdout.encode(), stderr=result.stderr.encode(), exit_code=result.exit_code)
+    return cri.ExecSyncResponse(
+        stdout=result.stdout.encode(), stderr=result.stderr.encode(), exit_code=result.exit_code
+    )
 
 
 def _url(rt: Runtime, kind: str) -> str:

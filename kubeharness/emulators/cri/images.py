@@ -63,7 +63,7 @@ def normalize_ref(ref: str) -> str:
             raise InvalidArgument(f"invalid image reference {ref[:256]!r}: bad tag")
     parts = name.split("/")
     if len(parts) == 1 or not ("." in parts[0] or ":" in parts[0] or parts[0] == "localhost"):
-        parts = ["docker.io"] + parts
+        parts = ["docker.io", *parts]
     if parts[0] == "docker.io" and len(parts) == 2:
         parts.insert(1, "library")
     if not all(_NAME_COMPONENT.match(p) for p in parts[1:]):

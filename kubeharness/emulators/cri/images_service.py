@@ -40,7 +40,9 @@ def _credentials(auth: cri.AuthConfig) -> tuple[str, str]:
 async def _download(rt: Runtime, ref: str, username: str, password: str) -> str:
     entry = rt.catalog.lookup(ref)
     if entry is None or entry.missing:
-        raise NotFound(f'failed to pull and unpack image "{ref}": failed to resolve reference "{ref}": {ref}: not found')
+        raise NotFound(
+            f'failed to pull and unpack image "{ref}": failed to resolve reference "{ref}": {ref}: not found'
+        )
     if entry.auth is not None and (username, password) != (entry.auth["username"], entry.auth["password"]):
         raise KubeharnessError(_AUTH_FAILED.format(ref=ref))
     present = rt.images.resolve(entry.id)

@@ -45,7 +45,7 @@ class Sandbox:
     stopped_ns: int = 0
 
     @property
-    def state(self) -> int:
+    def state(self) -> cri.PodSandboxState:
         return cri.SANDBOX_READY if self.ready else cri.SANDBOX_NOTREADY
 
     @property
@@ -93,7 +93,7 @@ class Container:
     lines_written: int = 0
 
     @property
-    def state(self) -> int:
+    def state(self) -> cri.ContainerState:
         if self.finished_ns:
             return EXITED
         if self.started_ns:

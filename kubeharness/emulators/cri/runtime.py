@@ -157,7 +157,7 @@ class Runtime:
 
     # -- events -----------------------------------------------------------------------------------
 
-    def emit(self, kind: int, c: Container) -> None:
+    def emit(self, kind: cri.ContainerEventType, c: Container) -> None:
         if not self.events.subscribers:
             return
         sb = self.sandboxes.find(c.sandbox_id)

@@ -8,6 +8,7 @@ any asyncio program (tests run it in-process with a virtual clock); :func:`serve
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
@@ -106,10 +107,8 @@ class CriServer:
             await self._server.stop(grace)
             self._server = None
         self.runtime.shutdown()
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(socket_path(self.endpoint))
-        except FileNotFoundError:
-            pass
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1

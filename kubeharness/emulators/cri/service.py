@@ -67,7 +67,9 @@ class RuntimeService:
     async def ListPodSandbox(self, req: cri.ListPodSandboxRequest) -> cri.ListPodSandboxResponse:
         return await sandboxes.list_sandboxes(self.rt, req)
 
-    async def StreamPodSandboxes(self, req: cri.StreamPodSandboxesRequest) -> AsyncIterator[cri.StreamPodSandboxesResponse]:
+    async def StreamPodSandboxes(
+        self, req: cri.StreamPodSandboxesRequest
+    ) -> AsyncIterator[cri.StreamPodSandboxesResponse]:
         listed = await sandboxes.list_sandboxes(self.rt, cri.ListPodSandboxRequest(filter=req.filter))
         async for batch in _batches(listed.items, lambda b: cri.StreamPodSandboxesResponse(pod_sandboxes=b)):
             yield batch
