@@ -12,7 +12,8 @@ with the repository root as the import root, so a proto imports another as
 ``kubeharness/wire/<dir>/<name>.proto`` and the generated code imports
 ``from kubeharness.wire.cri import api_pb2``. The well-known types (``google/protobuf/*.proto``)
 come from the include directory bundled with ``grpc_tools``. For ``<name>.proto`` three files are
-written beside it: ``<name>_pb2.py``, ``<name>_pb2.pyi`` and ``<name>_pb2_grpc.py``.
+written beside it: ``<name>_pb2.py``, ``<name>_pb2.pyi``, ``<name>_pb2_grpc.py`` and, from
+mypy-protobuf's plugin, the typed ``<name>_pb2_grpc.pyi``.
 
 The output depends on the ``grpcio-tools`` version, so ``--check`` is only meaningful with the
 pinned version installed.
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import filecmp
 import importlib.resources
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,7 +37,7 @@ WIRE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = WIRE_DIR.parent.parent
 """The directory holding the ``kubeharness`` package: the protoc import root."""
 
-GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
+GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
 """What protoc writes for each ``<name>.proto``: ``<name>`` plus each of these."""
 
 
@@ -51,6 +53,15 @@ def proto_files() -> list[Path]:
 def _bundled_include_dir() -> Path:
     """The ``google/protobuf/*.proto`` include directory shipped inside ``grpc_tools``."""
     return Path(str(importlib.resources.files("grpc_tools") / "_proto"))
+
+
+def _mypy_grpc_plugin() -> Path:
+    """mypy-protobuf's protoc plugin that writes typed ``_pb2_grpc.pyi`` stubs (grpc.aio included)."""
+    beside = Path(sys.executable).parent / "protoc-gen-mypy_grpc"
+    found = beside if beside.is_file() else shutil.which("protoc-gen-mypy_grpc")
+    if not found:
+        raise GenerationError("protoc-gen-mypy_grpc not found: install the dev dependencies (mypy-protobuf)")
+    return Path(found)
 
 
 def _outputs_for(proto: Path) -> list[Path]:
@@ -81,6 +92,8 @@ def generate(out_root: Path) -> list[Path]:
         f"--python_out={out_root}",
         f"--pyi_out={out_root}",
         f"--grpc_python_out={out_root}",
+        f"--plugin=protoc-gen-mypy_grpc={_mypy_grpc_plugin()}",
+        f"--mypy_grpc_out={out_root}",
         *(p.as_posix() for p in protos),
     ]
     result = subprocess.run(
