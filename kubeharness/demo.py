@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Awaitable
 from pathlib import Path
 from typing import TypeVar
 
@@ -118,7 +117,8 @@ class Demo:
         for _ in range(2):
             probe = await self.rt.ExecSync(api.ExecSyncRequest(container_id=web, cmd=["khelper", "check", "ready"],
                                                                timeout=1))
-            self.say(f"  khelper check ready -> exit {probe.exit_code} {(probe.stdout or probe.stderr).decode().strip()}")
+            said = (probe.stdout or probe.stderr).decode().strip()
+            self.say(f"  khelper check ready -> exit {probe.exit_code} {said}")
             await asyncio.sleep(1.1)
 
         self.say("\n4. what happened after a second and a half")
@@ -135,13 +135,13 @@ class Demo:
         self.say(f"  crasher still has IP {ip}")
 
         self.say("\n6. rotate web's log the way kubelet does: rename, then ReopenContainerLog")
-        log_path = Path((await self.status(web)).log_path)
+        log_path = (await self.status(web)).log_path
         os.rename(log_path, f"{log_path}.1")
         await self.rt.ReopenContainerLog(api.ReopenContainerLogRequest(container_id=web))
         await asyncio.sleep(0.6)
-        rotated = Path(f"{log_path}.1").read_text().splitlines()
-        self.say(f"  {log_path.name}.1 has {len(rotated)} lines, e.g. {rotated[-1]!r}")
-        self.say(f"  fresh {log_path.name} has {len(log_path.read_text().splitlines())} lines")
+        rotated = _lines(f"{log_path}.1")
+        self.say(f"  {Path(log_path).name}.1 has {len(rotated)} lines, e.g. {rotated[-1]!r}")
+        self.say(f"  fresh {Path(log_path).name} has {len(_lines(log_path))} lines")
 
         self.say("\n7. stop a container that ignores SIGTERM: the runtime escalates to SIGKILL after 1 s")
         stubborn = await self.container(job_sid, job_cfg, "stubborn", ["--ignore-sigterm"])
@@ -158,10 +158,15 @@ class Demo:
         watcher.cancel()
 
 
-async def _wait_ready(socket: Path, process: subprocess.Popen[bytes]) -> grpc.aio.Channel:
+def _lines(path: str) -> list[str]:
+    with open(path) as f:
+        return f.read().splitlines()
+
+
+async def _wait_ready(socket: Path, process: asyncio.subprocess.Process) -> grpc.aio.Channel:
     channel = grpc.aio.insecure_channel(f"unix://{socket}")
     for _ in range(100):
-        if process.poll() is not None:
+        if process.returncode is not None:
             raise RuntimeError(f"the emulator exited with code {process.returncode} before it answered")
         try:
             await api_grpc.RuntimeServiceStub(channel).Version(api.VersionRequest(), timeout=0.5)
@@ -176,14 +181,18 @@ async def _main(root: Path) -> None:
     cmd = [sys.executable, "-m", "kubeharness.cli", "cri", "serve", "--socket", str(socket),
            "--state-dir", str(root / "state")]
     print(f"$ kubeharness cri serve --socket {socket} --state-dir {root / 'state'}", flush=True)
-    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(root / "emulator.log", "wb"))
+    log_fd = os.open(root / "emulator.log", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        process = await asyncio.create_subprocess_exec(*cmd, stdout=subprocess.DEVNULL, stderr=log_fd)
+    finally:
+        os.close(log_fd)
     try:
         channel = await _wait_ready(socket, process)
         async with channel:
             await Demo(channel, root).run()
     finally:
         process.send_signal(signal.SIGTERM)
-        process.wait(timeout=10)
+        await asyncio.wait_for(process.wait(), timeout=10)
     print(f"\nemulator stopped (exit {process.returncode}); its log: {root / 'emulator.log'}")
 
 

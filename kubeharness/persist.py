@@ -1,65 +1,99 @@
-"""Durable records for emulator state: one JSON file per object, replaced atomically.
+"""Durable emulator state: an append-only journal of JSON records, compacted as it grows.
 
-A record is written to a temporary file in the same directory and renamed over the old one, so a
-crash at any point leaves either the old or the new record, never a torn one. Removing an object
-unlinks its file. Stray temporary files from a crash are ignored and cleaned on load.
+Every change is one line appended with a single ``write``: ``{"k": kind, "id": key, "r": record}`` to
+put a record, ``{"k": kind, "id": key, "d": 1}`` to delete it. Replaying the lines in order rebuilds
+the state. A crash can at worst leave a torn last line, which belongs to a call that was never
+answered; loading drops it and truncates the file to the last whole line. When the journal holds far
+more lines than live records, it is rewritten from the live records into a temporary file that
+atomically replaces it, so a crash during compaction leaves the old journal intact.
+
+Appends are not fsynced: the state survives a crash or kill of the emulator process (the kernel
+keeps the written data), not a power cut of the machine.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 
-_TMP_SUFFIX = ".tmp"
+Records = dict[str, dict[str, dict[str, Any]]]  # kind -> key -> record
 
 
-class RecordDir:
-    """A directory of ``<key>.json`` records."""
+class Journal:
+    """One journal file; the owner keeps the live objects and hands them back for compaction."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, min_compact_lines: int = 10_000) -> None:
         self.path = path
-        path.mkdir(parents=True, exist_ok=True)
+        self._min_compact_lines = min_compact_lines
+        self._lines = 0
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = -1
 
-    def _file(self, key: str) -> Path:
-        return self.path / f"{key}.json"
-
-    def save(self, key: str, record: dict[str, Any]) -> None:
-        """Write ``record`` under ``key``, replacing any previous one atomically."""
-        target = self._file(key)
-        tmp = target.with_name(target.name + _TMP_SUFFIX)
-        data = json.dumps(record, separators=(",", ":")).encode()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    def load(self) -> Records:
+        """Replay the journal; call once, before the first write."""
+        records: Records = {}
+        good_bytes = 0
         try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
-        os.replace(tmp, target)
-
-    def delete(self, key: str) -> None:
-        """Forget ``key``; forgetting an absent key is not an error."""
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._file(key))
-
-    def load(self) -> Iterator[dict[str, Any]]:
-        """Every readable record; unreadable ones are logged and skipped."""
-        for entry in sorted(os.scandir(self.path), key=lambda e: e.name):
-            if entry.name.endswith(_TMP_SUFFIX):
-                os.unlink(entry.path)
-                continue
-            if not entry.name.endswith(".json"):
-                continue
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            data = b""
+        for raw in data.splitlines(keepends=True):
+            if not raw.endswith(b"\n"):
+                log.warning("dropping a torn last line of %s (%d bytes)", self.path, len(raw))
+                break
+            good_bytes += len(raw)
+            self._lines += 1
             try:
-                with open(entry.path, "rb") as f:
-                    record = json.loads(f.read())
-            except (OSError, ValueError) as err:
-                log.error("skipping unreadable state record %s: %s", entry.path, err)
-                continue
-            if isinstance(record, dict):
-                yield record
+                entry = json.loads(raw)
+                kind, key = entry["k"], entry["id"]
+                if entry.get("d"):
+                    records.get(kind, {}).pop(key, None)
+                else:
+                    records.setdefault(kind, {})[key] = entry["r"]
+            except (ValueError, KeyError, TypeError) as err:
+                log.error("skipping an unreadable line of %s: %s", self.path, err)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        if good_bytes < len(data):
+            os.ftruncate(self._fd, good_bytes)
+        return records
+
+    def _append(self, entry: dict[str, Any]) -> None:
+        if self._fd < 0:
+            raise RuntimeError("journal written before it was loaded")
+        os.write(self._fd, json.dumps(entry, separators=(",", ":")).encode() + b"\n")
+        self._lines += 1
+
+    def put(self, kind: str, key: str, record: dict[str, Any]) -> None:
+        self._append({"k": kind, "id": key, "r": record})
+
+    def delete(self, kind: str, key: str) -> None:
+        self._append({"k": kind, "id": key, "d": 1})
+
+    def wants_compaction(self, live_records: int) -> bool:
+        return self._lines > max(self._min_compact_lines, 4 * live_records)
+
+    def compact(self, live: Iterable[tuple[str, str, dict[str, Any]]]) -> None:
+        """Rewrite the journal to hold exactly ``live``; atomic by rename."""
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        lines = 0
+        with open(tmp, "wb") as f:
+            for kind, key, record in live:
+                f.write(json.dumps({"k": kind, "id": key, "r": record}, separators=(",", ":")).encode() + b"\n")
+                lines += 1
+        os.replace(tmp, self.path)
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND, 0o600)
+        self._lines = lines
+        log.info("compacted %s to %d records", self.path, lines)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

@@ -22,5 +22,5 @@ def test_field_numbers_match_the_upstream_wire_format() -> None:
     # A few numbers that real clients depend on, read from the public definition.
     fields = api.ContainerConfig.DESCRIPTOR.fields_by_name
     assert (fields["metadata"].number, fields["image"].number, fields["log_path"].number) == (1, 2, 11)
-    assert api.PodSandboxConfig.DESCRIPTOR.fields_by_name["log_directory"].number == 5
-    assert api.ContainerStatus.DESCRIPTOR.fields_by_name["reason"].number == 11
+    assert api.PodSandboxConfig.DESCRIPTOR.fields_by_name["log_directory"].number == 3
+    assert api.ContainerStatus.DESCRIPTOR.fields_by_name["reason"].number == 10

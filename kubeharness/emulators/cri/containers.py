@@ -100,8 +100,9 @@ async def stop_container(rt: Runtime, c: Container, timeout_s: int) -> None:
         c.kill_ns = min(c.kill_ns, deadline) if c.kill_ns else deadline
     else:
         c.kill_ns = now
-    rt.save_container(c)
     process.replan()
+    if not c.finished_ns:
+        rt.save_container(c)  # a stop in progress survives a restart of the emulator
     await rt.wait_exited(c)
 
 

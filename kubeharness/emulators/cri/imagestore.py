@@ -7,23 +7,25 @@ away from the old one, and an image left without tags or digests is removed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from kubeharness.emulators.cri.images import LocalImage, normalize_ref
 from kubeharness.errors import InvalidArgument
-from kubeharness.persist import RecordDir
+from kubeharness.persist import Journal
 
 
 class ImageStore:
-    """Local images and their references, saved one record per image."""
+    """Local images and their references, saved in the runtime's journal (kind "image")."""
 
-    def __init__(self, records: RecordDir) -> None:
-        self._records = records
+    KIND = "image"
+
+    def __init__(self, journal: Journal, records: Iterable[dict[str, Any]]) -> None:
+        self._journal = journal
         self._by_id: dict[str, LocalImage] = {}
         self._by_ref: dict[str, str] = {}
-        for record in records.load():
-            image = LocalImage.from_record(record)
-            self._index(image)
+        for record in records:
+            self._index(LocalImage.from_record(record))
 
     def _index(self, image: LocalImage) -> None:
         self._by_id[image.id] = image
@@ -72,12 +74,12 @@ class ImageStore:
             existing.pinned = existing.pinned or image.pinned
             image = existing
         self._index(image)
-        self._records.save(image.id.removeprefix("sha256:"), image.to_record())
+        self._journal.put(self.KIND, image.id, image.to_record())
         return image
 
     def _save_or_drop(self, image: LocalImage) -> None:
         if image.repo_tags or image.repo_digests:
-            self._records.save(image.id.removeprefix("sha256:"), image.to_record())
+            self._journal.put(self.KIND, image.id, image.to_record())
         else:
             self.remove(image)
 
@@ -86,7 +88,7 @@ class ImageStore:
         for ref in image.repo_tags + image.repo_digests:
             if self._by_ref.get(ref) == image.id:
                 del self._by_ref[ref]
-        self._records.delete(image.id.removeprefix("sha256:"))
+        self._journal.delete(self.KIND, image.id)
 
     def used_bytes(self) -> int:
         return sum(i.size_bytes for i in self._by_id.values())

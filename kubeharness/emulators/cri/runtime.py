@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from kubeharness import __version__
 from kubeharness.clock import Clock
@@ -27,7 +29,7 @@ from kubeharness.emulators.cri.process import Exit, Process
 from kubeharness.emulators.cri.store import NameIndex, Store
 from kubeharness.emulators.cri.views import container_status, sandbox_status
 from kubeharness.errors import InvalidArgument
-from kubeharness.persist import RecordDir
+from kubeharness.persist import Journal
 from kubeharness.wire.cri import api_pb2 as cri
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,9 @@ class Runtime:
         self.names = NameIndex()  # sandbox and container names -> holder ids
         self.by_sandbox: dict[str, dict[str, Container]] = {}  # sandbox id -> its containers
         self.catalog = Catalog(list(config.images) + DEFAULT_CATALOG)  # the virtual registry
-        self.images = ImageStore(RecordDir(state_dir / "images"))  # images on the node
+        self.journal = Journal(state_dir / "state.journal")  # every change, appended
+        self._saved = self.journal.load()  # what the last run left, until load() takes it
+        self.images = ImageStore(self.journal, self._saved.get(ImageStore.KIND, {}).values())  # images on the node
         self.ips = IpPool(config.pod_cidr)  # pod addresses
         self.events = EventHub(config.event_buffer)  # GetContainerEvents subscribers
         self.processes: dict[str, Process] = {}  # running containers' simulated processes
@@ -54,8 +58,6 @@ class Runtime:
         self.runtime_config = cri.RuntimeConfig()  # last UpdateRuntimeConfig
         self.image_fs_dir = state_dir / "snapshots"  # where the image filesystem "lives"
         self.image_fs_dir.mkdir(parents=True, exist_ok=True)
-        self._sandbox_records = RecordDir(state_dir / "sandboxes")
-        self._container_records = RecordDir(state_dir / "containers")
         self._exit_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._min_tick_ns = min_tick_ns
         self._preload()
@@ -77,10 +79,24 @@ class Runtime:
         return secrets.token_hex(32)
 
     def save_sandbox(self, sb: Sandbox) -> None:
-        self._sandbox_records.save(sb.id, sb.to_record())
+        self.journal.put("sandbox", sb.id, sb.to_record())
+        self._maybe_compact()
 
     def save_container(self, c: Container) -> None:
-        self._container_records.save(c.id, c.to_record())
+        self.journal.put("container", c.id, c.to_record())
+        self._maybe_compact()
+
+    def _maybe_compact(self) -> None:
+        if self.journal.wants_compaction(len(self.sandboxes) + len(self.containers) + len(self.images)):
+            self.journal.compact(self._live_records())
+
+    def _live_records(self) -> Iterator[tuple[str, str, dict[str, Any]]]:
+        for sb in self.sandboxes:
+            yield "sandbox", sb.id, sb.to_record()
+        for c in self.containers:
+            yield "container", c.id, c.to_record()
+        for image in self.images:
+            yield ImageStore.KIND, image.id, image.to_record()
 
     def add_sandbox(self, sb: Sandbox) -> None:
         self.save_sandbox(sb)
@@ -88,7 +104,7 @@ class Runtime:
         self.by_sandbox[sb.id] = {}
 
     def drop_sandbox(self, sb: Sandbox) -> None:
-        self._sandbox_records.delete(sb.id)
+        self.journal.delete("sandbox", sb.id)
         self.sandboxes.delete(sb.id)
         self.by_sandbox.pop(sb.id, None)
         self.names.release(sb.name)
@@ -99,7 +115,7 @@ class Runtime:
         self.by_sandbox.setdefault(c.sandbox_id, {})[c.id] = c
 
     def drop_container(self, c: Container) -> None:
-        self._container_records.delete(c.id)
+        self.journal.delete("container", c.id)
         self.containers.delete(c.id)
         self.by_sandbox.get(c.sandbox_id, {}).pop(c.id, None)
         self.names.release(c.name)
@@ -172,18 +188,19 @@ class Runtime:
 
     def load(self) -> None:
         """Rebuild the state saved in ``state_dir``; running containers resume, judged by the clock."""
-        for record in self._sandbox_records.load():
+        saved, self._saved = self._saved, {}
+        for record in saved.get("sandbox", {}).values():
             sb = Sandbox.from_record(record)
             self.sandboxes.add(sb.id, sb)
             self.by_sandbox.setdefault(sb.id, {})
             self.names.reserve(sb.name, sb.id)
             if sb.ready and sb.ip:
                 self.ips.reserve(sb.ip)
-        for record in self._container_records.load():
+        for record in saved.get("container", {}).values():
             c = Container.from_record(record)
             if self.sandboxes.find(c.sandbox_id) is None:
                 log.warning("dropping container %s of vanished sandbox %s", c.id, c.sandbox_id)
-                self._container_records.delete(c.id)
+                self.journal.delete("container", c.id)
                 continue
             self.containers.add(c.id, c)
             self.by_sandbox[c.sandbox_id][c.id] = c
@@ -204,3 +221,4 @@ class Runtime:
             process.stop_timers()
             self.save_container(process.container)
         self.processes.clear()
+        self.journal.close()
