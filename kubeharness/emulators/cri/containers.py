@@ -11,6 +11,7 @@ import json
 import posixpath
 
 from kubeharness.clock import seconds_to_ns
+from kubeharness.emulators.cri import listing
 from kubeharness.emulators.cri.model import CREATED, EXITED, RUNNING, Container
 from kubeharness.emulators.cri.runtime import Runtime
 from kubeharness.emulators.cri.validate import bounded, require_id, require_name, safe_relative
@@ -144,8 +145,8 @@ async def status(rt: Runtime, req: cri.ContainerStatusRequest) -> cri.ContainerS
     return resp
 
 
-async def list_containers(rt: Runtime, req: cri.ListContainersRequest) -> cri.ListContainersResponse:
-    flt = req.filter
+def matching(rt: Runtime, flt: cri.ContainerFilter) -> list[Container]:
+    """Containers that pass a ListContainers filter; every given criterion must hold."""
     if flt.id:
         found = rt.containers.find(flt.id)
         candidates = [found] if found is not None else []
@@ -156,16 +157,20 @@ async def list_containers(rt: Runtime, req: cri.ListContainersRequest) -> cri.Li
         candidates = list(rt.containers)
     want_state = flt.state.state if flt.HasField("state") else None
     selector = dict(flt.label_selector)
-    resp = cri.ListContainersResponse()
-    for c in candidates:
-        if flt.pod_sandbox_id and not c.sandbox_id.startswith(flt.pod_sandbox_id):
-            continue
-        if want_state is not None and c.state != want_state:
-            continue
-        if selector and any(c.config.labels.get(k) != v for k, v in selector.items()):
-            continue
-        resp.containers.append(container_summary(c))
-    return resp
+    if not (flt.pod_sandbox_id or want_state is not None or selector):
+        return candidates
+    return [
+        c
+        for c in candidates
+        if (not flt.pod_sandbox_id or c.sandbox_id.startswith(flt.pod_sandbox_id))
+        and (want_state is None or c.state == want_state)
+        and not (selector and any(c.config.labels.get(k) != v for k, v in selector.items()))
+    ]
+
+
+async def list_containers(rt: Runtime, req: cri.ListContainersRequest) -> bytes:
+    """The encoded ListContainersResponse (entries are cached per container state)."""
+    return listing.encode(matching(rt, req.filter), container_summary)
 
 
 async def update_resources(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import uuid
 
-from kubeharness.emulators.cri import images_service
+from kubeharness.emulators.cri import images_service, listing
 from kubeharness.emulators.cri.containers import stop_container_now
 from kubeharness.emulators.cri.model import Sandbox
 from kubeharness.emulators.cri.runtime import Runtime
@@ -118,8 +118,8 @@ async def status(rt: Runtime, req: cri.PodSandboxStatusRequest) -> cri.PodSandbo
     return resp
 
 
-async def list_sandboxes(rt: Runtime, req: cri.ListPodSandboxRequest) -> cri.ListPodSandboxResponse:
-    flt = req.filter
+def matching(rt: Runtime, flt: cri.PodSandboxFilter) -> list[Sandbox]:
+    """Sandboxes that pass a ListPodSandbox filter."""
     if flt.id:
         found = rt.sandboxes.find(flt.id)
         candidates = [found] if found is not None else []
@@ -127,11 +127,16 @@ async def list_sandboxes(rt: Runtime, req: cri.ListPodSandboxRequest) -> cri.Lis
         candidates = list(rt.sandboxes)
     want_state = flt.state.state if flt.HasField("state") else None
     selector = dict(flt.label_selector)
-    resp = cri.ListPodSandboxResponse()
-    for sb in candidates:
-        if want_state is not None and sb.state != want_state:
-            continue
-        if selector and any(sb.config.labels.get(k) != v for k, v in selector.items()):
-            continue
-        resp.items.append(sandbox_summary(sb))
-    return resp
+    if want_state is None and not selector:
+        return candidates
+    return [
+        sb
+        for sb in candidates
+        if (want_state is None or sb.state == want_state)
+        and not (selector and any(sb.config.labels.get(k) != v for k, v in selector.items()))
+    ]
+
+
+async def list_sandboxes(rt: Runtime, req: cri.ListPodSandboxRequest) -> bytes:
+    """The encoded ListPodSandboxResponse (entries are cached per sandbox state)."""
+    return listing.encode(matching(rt, req.filter), sandbox_summary)

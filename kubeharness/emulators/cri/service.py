@@ -1,8 +1,9 @@
 """The two CRI services as thin classes: each RPC names the handler that implements it.
 
 Handlers live in modules by object (``sandboxes``, ``containers``, ``images_service``, ``exec``,
-``stats``, ``info``). The ``Stream*`` RPCs of Kubernetes 1.36 (CRIListStreaming) reuse the List
-handlers and send their items in non-empty batches.
+``stats``, ``info``). The ``Stream*`` RPCs of Kubernetes 1.36 (CRIListStreaming) send the same items
+as their List counterparts in non-empty batches of at most ``STREAM_BATCH``. List answers for
+sandboxes and containers are handed to gRPC already encoded (see ``listing``).
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
 
-from kubeharness.emulators.cri import containers, exec, images_service, info, sandboxes, stats
+from kubeharness.emulators.cri import containers, exec, images_service, info, listing, sandboxes, stats
 from kubeharness.emulators.cri.runtime import Runtime
+from kubeharness.emulators.cri.views import container_summary, sandbox_summary
 from kubeharness.wire.cri import api_pb2 as cri
 
 STREAM_BATCH = 500
@@ -64,14 +66,11 @@ class RuntimeService:
     async def PodSandboxStatus(self, req: cri.PodSandboxStatusRequest) -> cri.PodSandboxStatusResponse:
         return await sandboxes.status(self.rt, req)
 
-    async def ListPodSandbox(self, req: cri.ListPodSandboxRequest) -> cri.ListPodSandboxResponse:
+    async def ListPodSandbox(self, req: cri.ListPodSandboxRequest) -> bytes:
         return await sandboxes.list_sandboxes(self.rt, req)
 
-    async def StreamPodSandboxes(
-        self, req: cri.StreamPodSandboxesRequest
-    ) -> AsyncIterator[cri.StreamPodSandboxesResponse]:
-        listed = await sandboxes.list_sandboxes(self.rt, cri.ListPodSandboxRequest(filter=req.filter))
-        async for batch in _batches(listed.items, lambda b: cri.StreamPodSandboxesResponse(pod_sandboxes=b)):
+    async def StreamPodSandboxes(self, req: cri.StreamPodSandboxesRequest) -> AsyncIterator[bytes]:
+        for batch in listing.batches(sandboxes.matching(self.rt, req.filter), sandbox_summary, STREAM_BATCH):
             yield batch
 
     # -- containers --
@@ -91,12 +90,11 @@ class RuntimeService:
     async def ContainerStatus(self, req: cri.ContainerStatusRequest) -> cri.ContainerStatusResponse:
         return await containers.status(self.rt, req)
 
-    async def ListContainers(self, req: cri.ListContainersRequest) -> cri.ListContainersResponse:
+    async def ListContainers(self, req: cri.ListContainersRequest) -> bytes:
         return await containers.list_containers(self.rt, req)
 
-    async def StreamContainers(self, req: cri.StreamContainersRequest) -> AsyncIterator[cri.StreamContainersResponse]:
-        listed = await containers.list_containers(self.rt, cri.ListContainersRequest(filter=req.filter))
-        async for batch in _batches(listed.containers, lambda b: cri.StreamContainersResponse(containers=b)):
+    async def StreamContainers(self, req: cri.StreamContainersRequest) -> AsyncIterator[bytes]:
+        for batch in listing.batches(containers.matching(self.rt, req.filter), container_summary, STREAM_BATCH):
             yield batch
 
     async def UpdateContainerResources(
