@@ -1,7 +1,7 @@
 """The ``kubeharness`` command: one entry point, a subcommand per component.
 
     kubeharness cri serve --socket PATH --state-dir DIR [--config FILE]
-    kubeharness bench cri [--endpoint unix://PATH] [--cycles N] [--concurrency K] [--live-pods N]
+    kubeharness bench cri [--endpoint unix://PATH] [--cycles N] [--concurrency K] [--live-pods N] [--json FILE]
     kubeharness demo
 """
 
@@ -56,6 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench_cri.add_argument("--concurrency", type=int, default=16, help="concurrent clients in the parallel phase")
     bench_cri.add_argument("--live-pods", type=int, default=0, help="also measure List* with this many live pods")
     bench_cri.add_argument("--image", default="", help="image for the benchmark's containers")
+    bench_cri.add_argument("--stop-timeout", type=int, default=0, help="StopContainer timeout in seconds")
+    bench_cri.add_argument("--client-processes", type=int, default=1,
+                           help="spread the concurrent clients over this many OS processes")
+    bench_cri.add_argument("--warmup", type=int, default=10, help="untimed pod cycles before phase 1")
+    bench_cri.add_argument("--list-repeats", type=int, default=50, help="times each List RPC is timed in phase 3")
+    bench_cri.add_argument("--rpc-timeout", type=float, default=60.0, help="deadline of each RPC in seconds")
+    bench_cri.add_argument("--server-pid", type=int, help="PID of the runtime behind --endpoint, to report its memory")
+    bench_cri.add_argument("--keep", action="store_true", help="leave the live pods and the temporary directory")
+    bench_cri.add_argument("--json", metavar="FILE", help="also write every figure to FILE as JSON")
     bench_cri.set_defaults(func=_bench_cri)
 
     demo = sub.add_parser("demo", help="start the emulators, run a few pods through their lifecycle, print it")

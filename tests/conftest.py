@@ -34,8 +34,8 @@ class CriHarness:
     config: CriConfig
     server: CriServer | None = None
     channel: grpc.aio.Channel | None = None
-    runtime: api_grpc.RuntimeServiceStub = field(init=False)
-    images: api_grpc.ImageServiceStub = field(init=False)
+    runtime: api_grpc.RuntimeServiceAsyncStub = field(init=False)
+    images: api_grpc.ImageServiceAsyncStub = field(init=False)
 
     @property
     def socket(self) -> str:
@@ -60,7 +60,7 @@ class CriHarness:
 
     async def stop(self) -> None:
         if self.channel is not None:
-            await self.channel.close()
+            await self.channel.close(None)
             self.channel = None
         if self.server is not None:
             await self.server.stop(grace=0)

@@ -1,5 +1,5 @@
-from tests.conftest import CriHarness
 from kubeharness.wire.cri import api_pb2 as api
+from tests.conftest import CriHarness
 
 
 async def test_a_pod_runs_and_exits_on_the_virtual_clock(cri: CriHarness) -> None:

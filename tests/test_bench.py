@@ -1,0 +1,91 @@
+"""The CRI benchmark: its pure statistics helpers, and one short end-to-end run against a spawned emulator."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from kubeharness.bench.cycle import CYCLE_RPCS
+from kubeharness.bench.procstat import parse_stat_cpu_s, parse_status_kib
+from kubeharness.bench.report import ordered_rpcs
+from kubeharness.bench.stats import merge_samples, nearest_rank, percentile, rate_per_second, summarize
+from kubeharness.cli import build_parser
+from kubeharness.cli import main as cli_main
+
+
+def test_percentile_is_nearest_rank() -> None:
+    samples = list(range(100, 0, -1))  # 1..100, unsorted
+    assert percentile(samples, 50) == 50
+    assert percentile(samples, 99) == 99
+    assert percentile(samples, 100) == 100
+    assert percentile(samples, 0.1) == 1
+    assert percentile([7], 99) == 7
+    assert percentile([1, 2, 3], 50) == 2  # always a measured value, never interpolated
+    assert nearest_rank([1.0, 2.0, 3.0, 4.0], 50) == 2.0
+
+
+@pytest.mark.parametrize("q", [0, -1, 100.5])
+def test_percentile_rejects_out_of_range(q: float) -> None:
+    with pytest.raises(ValueError):
+        percentile([1, 2], q)
+
+
+def test_percentile_of_nothing_is_an_error() -> None:
+    with pytest.raises(ValueError):
+        percentile([], 50)
+
+
+def test_summary_in_milliseconds() -> None:
+    s = summarize([3_000_000, 1_000_000, 2_000_000, 10_000_000])
+    assert (s.count, s.p50_ms, s.p99_ms, s.max_ms, s.mean_ms) == (4, 2.0, 10.0, 10.0, 4.0)
+    assert summarize([]).count == 0
+
+
+def test_merge_and_rate() -> None:
+    assert merge_samples([{"A": [1], "B": [2]}, {"A": [3]}]) == {"A": [1, 3], "B": [2]}
+    assert rate_per_second(300, 2_000_000_000) == 150.0
+    assert rate_per_second(5, 0) == 0.0
+
+
+def test_proc_parsers() -> None:
+    assert parse_status_kib("Name:\tx\nVmRSS:\t  2048 kB\n", "VmRSS") == 2 * 1024 * 1024
+    assert parse_status_kib("Name:\tx\n", "VmRSS") is None
+    fields = " ".join(["S"] + ["0"] * 10 + ["250", "50"] + ["0"] * 30)
+    assert parse_stat_cpu_s(f"42 (a (weird) name) {fields}") == pytest.approx(300 / 100)
+
+
+def test_rpcs_are_reported_in_cycle_order() -> None:
+    assert ordered_rpcs(["ListPodSandbox", "StopContainer", "RunPodSandbox"]) == [
+        "RunPodSandbox", "StopContainer", "ListPodSandbox"]
+
+
+def test_bench_cri_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out_json = tmp_path / "bench.json"
+    argv = ["bench", "cri", "--cycles", "5", "--concurrency", "2", "--warmup", "1",
+            "--live-pods", "4", "--list-repeats", "3", "--json", str(out_json)]
+    assert build_parser().parse_args(argv).endpoint is None  # no endpoint: the bench spawns an emulator
+    assert cli_main(argv) == 0
+    out = capsys.readouterr().out
+
+    for phase in ("phase 1: serial pod cycles", "phase 2: concurrent pod cycles"):
+        block = out.split(phase, 1)[1].split("\n\n", 1)[0]
+        head = re.match(r": 5 cycles \(0 failed\) with \d+ clients? in [\d.]+ s = ([\d.]+) cycles/s", block)
+        assert head is not None, block
+        assert float(head.group(1)) > 0
+        for rpc in CYCLE_RPCS:
+            assert re.search(rf"^  {rpc} +5 ", block, re.MULTILINE), f"{rpc} row missing in {phase}"
+    assert re.search(r"^  ListContainers +3 .* 4 +[\d.]+$", out, re.MULTILINE)
+    assert re.search(r"^  ListPodSandbox +3 .* 4 +[\d.]+$", out, re.MULTILINE)
+    assert "clean-up: removed 4 pods (0 failed)" in out
+    for target in ("p99 of every RPC", "pod cycles/s", "List* p99", "emulator RSS"):
+        assert re.search(rf"^  (MET|NOT MET|NOT MEASURED) +.*{re.escape(target)}", out, re.MULTILINE), target
+
+    figures = json.loads(out_json.read_text())
+    assert figures["phases"]["serial"]["ok"] == 5
+    assert set(figures["phases"]["concurrent"]["rpcs"]) == set(CYCLE_RPCS)
+    assert figures["live"]["lists"]["ListContainers"]["items"] == 4
+    assert figures["live"]["lists"]["ListContainers"]["first_ms"] > 0
+    assert figures["memory"]["end"]["rss_mib"] > 0
