@@ -1,8 +1,8 @@
 """Container RPCs: Create, Start, Stop, Remove, ContainerStatus, ListContainers,
 UpdateContainerResources and ReopenContainerLog.
 
-Stop and remove are idempotent, as the CRI states: stopping a container that is not running, or
-removing one that is gone, succeeds. Removing a running container force-stops it first.
+Stop and remove are idempotent, as the CRI states: stopping a container that is not running or gone,
+or removing one that is gone, succeeds. Removing a running container force-stops it first.
 """
 
 from __future__ import annotations
@@ -115,8 +115,9 @@ async def stop(rt: Runtime, req: cri.StopContainerRequest) -> cri.StopContainerR
     require_id(req.container_id, "container_id")
     if req.timeout < 0:
         raise InvalidArgument(f"timeout must not be negative, got {req.timeout}")
-    c = rt.containers.get(req.container_id)
-    await stop_container(rt, c, req.timeout)
+    c = rt.containers.find(req.container_id)
+    if c is not None:  # stopping a container that is gone succeeds, as in containerd 2.x
+        await stop_container(rt, c, req.timeout)
     return cri.StopContainerResponse()
 
 
@@ -146,23 +147,31 @@ async def status(rt: Runtime, req: cri.ContainerStatusRequest) -> cri.ContainerS
 
 
 def matching(rt: Runtime, flt: cri.ContainerFilter) -> list[Container]:
-    """Containers that pass a ListContainers filter; every given criterion must hold."""
+    """Containers that pass a ListContainers filter; every given criterion must hold.
+
+    An id or sandbox id that names no single object (unknown, ambiguous prefix) matches nothing.
+    """
+    sandbox_id = ""
+    if flt.pod_sandbox_id:
+        sb = rt.sandboxes.find(flt.pod_sandbox_id, strict=False)
+        if sb is None:
+            return []
+        sandbox_id = sb.id
     if flt.id:
-        found = rt.containers.find(flt.id)
+        found = rt.containers.find(flt.id, strict=False)
         candidates = [found] if found is not None else []
-    elif flt.pod_sandbox_id:
-        sb = rt.sandboxes.find(flt.pod_sandbox_id)
-        candidates = rt.containers_of(sb.id) if sb is not None else []
+    elif sandbox_id:
+        candidates = rt.containers_of(sandbox_id)
     else:
         candidates = list(rt.containers)
     want_state = flt.state.state if flt.HasField("state") else None
     selector = dict(flt.label_selector)
-    if not (flt.pod_sandbox_id or want_state is not None or selector):
+    if not (sandbox_id or want_state is not None or selector):
         return candidates
     return [
         c
         for c in candidates
-        if (not flt.pod_sandbox_id or c.sandbox_id.startswith(flt.pod_sandbox_id))
+        if (not sandbox_id or c.sandbox_id == sandbox_id)
         and (want_state is None or c.state == want_state)
         and not (selector and any(c.config.labels.get(k) != v for k, v in selector.items()))
     ]
@@ -178,8 +187,7 @@ async def update_resources(
 ) -> cri.UpdateContainerResourcesResponse:
     require_id(req.container_id, "container_id")
     c = rt.containers.get(req.container_id)
-    if c.state == EXITED:
-        raise FailedPrecondition(f"container {c.id} has exited; its resources cannot be updated")
+    # containerd accepts an update of an exited container (it only records it); so do we
     if req.HasField("linux"):
         c.resources.CopyFrom(req.linux)
         rt.save_container(c)

@@ -3,8 +3,9 @@
 A container's state is derived from its timestamps, as in containerd::
 
     CreateContainer ──> CREATED ──StartContainer──> RUNNING ──exit / stop / OOM──> EXITED
-                           └───────────── stop or sandbox stop ───────────────────────┘
-    (RemoveContainer deletes it from any state but RUNNING)
+
+A created container stays CREATED when its sandbox stops (as in containerd); RemoveContainer deletes
+a container from any state, force-stopping a running one first.
 
 A sandbox is READY from RunPodSandbox until StopPodSandbox, then NOTREADY until removed. Records
 keep the CRI configs as serialized protobuf (base64 in the JSON record) so a restarted emulator

@@ -174,10 +174,19 @@ class Runtime:
     # -- events -----------------------------------------------------------------------------------
 
     def emit(self, kind: cri.ContainerEventType, c: Container) -> None:
-        if not self.events.subscribers:
-            return
-        sb = self.sandboxes.find(c.sandbox_id)
-        event = cri.ContainerEventResponse(container_id=c.id, container_event_type=kind, created_at=self.clock.now_ns())
+        """A container event, with the status of its sandbox and of the sandbox's containers."""
+        if self.events.subscribers:
+            self._publish(kind, c.id, self.sandboxes.find(c.sandbox_id))
+
+    def emit_sandbox(self, kind: cri.ContainerEventType, sb: Sandbox) -> None:
+        """A sandbox event: containerd (1.7+) reports sandboxes as containers whose id is the sandbox id."""
+        if self.events.subscribers:
+            self._publish(kind, sb.id, sb)
+
+    def _publish(self, kind: cri.ContainerEventType, object_id: str, sb: Sandbox | None) -> None:
+        event = cri.ContainerEventResponse(
+            container_id=object_id, container_event_type=kind, created_at=self.clock.now_ns()
+        )
         if sb is not None:
             event.pod_sandbox_status.CopyFrom(sandbox_status(sb))
             for other in self.containers_of(sb.id):

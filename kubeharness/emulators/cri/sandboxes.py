@@ -64,6 +64,8 @@ async def run(rt: Runtime, req: cri.RunPodSandboxRequest) -> cri.RunPodSandboxRe
         sb.ip = rt.ips.allocate()
         sb.netns_path = f"/var/run/netns/cni-{uuid.uuid4()}"
     rt.add_sandbox(sb)
+    rt.emit_sandbox(cri.CONTAINER_CREATED_EVENT, sb)
+    rt.emit_sandbox(cri.CONTAINER_STARTED_EVENT, sb)
     return cri.RunPodSandboxResponse(pod_sandbox_id=sandbox_id)
 
 
@@ -81,6 +83,7 @@ async def stop(rt: Runtime, req: cri.StopPodSandboxRequest) -> cri.StopPodSandbo
         if sb.ip:
             rt.ips.release(sb.ip)
         rt.save_sandbox(sb)
+        rt.emit_sandbox(cri.CONTAINER_STOPPED_EVENT, sb)
     return cri.StopPodSandboxResponse()
 
 
@@ -95,6 +98,7 @@ async def remove(rt: Runtime, req: cri.RemovePodSandboxRequest) -> cri.RemovePod
         rt.drop_container(c)
         rt.emit(cri.CONTAINER_DELETED_EVENT, c)
     rt.drop_sandbox(sb)
+    rt.emit_sandbox(cri.CONTAINER_DELETED_EVENT, sb)  # carries the sandbox's last status
     return cri.RemovePodSandboxResponse()
 
 
@@ -121,7 +125,7 @@ async def status(rt: Runtime, req: cri.PodSandboxStatusRequest) -> cri.PodSandbo
 def matching(rt: Runtime, flt: cri.PodSandboxFilter) -> list[Sandbox]:
     """Sandboxes that pass a ListPodSandbox filter."""
     if flt.id:
-        found = rt.sandboxes.find(flt.id)
+        found = rt.sandboxes.find(flt.id, strict=False)
         candidates = [found] if found is not None else []
     else:
         candidates = list(rt.sandboxes)

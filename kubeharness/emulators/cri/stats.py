@@ -72,7 +72,7 @@ async def list_container_stats(rt: Runtime, req: cri.ListContainerStatsRequest) 
     selector = dict(flt.label_selector)
     now = rt.clock.now_ns()
     resp = cri.ListContainerStatsResponse()
-    candidates = [rt.containers.find(flt.id)] if flt.id else list(rt.containers)
+    candidates = [rt.containers.find(flt.id, strict=False)] if flt.id else list(rt.containers)
     for c in candidates:
         if c is None:
             continue
@@ -123,7 +123,7 @@ async def list_sandbox_stats(rt: Runtime, req: cri.ListPodSandboxStatsRequest) -
     selector = dict(flt.label_selector)
     now = rt.clock.now_ns()
     resp = cri.ListPodSandboxStatsResponse()
-    candidates = [rt.sandboxes.find(flt.id)] if flt.id else list(rt.sandboxes)
+    candidates = [rt.sandboxes.find(flt.id, strict=False)] if flt.id else list(rt.sandboxes)
     for sb in candidates:
         if sb is None or not _labels_match(sb.config.labels, selector):
             continue

@@ -36,8 +36,12 @@ class Store(Generic[T]):
             raise AlreadyExists(f"{self.kind} {key!r} already exists")
         self._items[key] = item
 
-    def find(self, key: str) -> T | None:
-        """The object with this id or unique id prefix, or None."""
+    def find(self, key: str, strict: bool = True) -> T | None:
+        """The object with this id or unique id prefix, or None.
+
+        An ambiguous prefix is INVALID_ARGUMENT when ``strict``; list filters pass ``strict=False``
+        and get None, so a filter that names no single object matches nothing.
+        """
         if not key:
             return None
         item = self._items.get(key)
@@ -45,6 +49,8 @@ class Store(Generic[T]):
             return item
         matches = [k for k in self._items if k.startswith(key)]
         if len(matches) > 1:
+            if not strict:
+                return None
             raise InvalidArgument(f"{self.kind} id prefix {key!r} is ambiguous: it matches {len(matches)} ids")
         return self._items[matches[0]] if matches else None
 

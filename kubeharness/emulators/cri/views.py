@@ -34,7 +34,8 @@ def sandbox_status(sb: Sandbox) -> cri.PodSandboxStatus:
         metadata=cfg.metadata,
         state=sb.state,
         created_at=sb.created_ns,
-        network=cri.PodSandboxNetworkStatus(ip=sb.ip),
+        # a stopped sandbox's network namespace is gone: containerd then reports no IP
+        network=cri.PodSandboxNetworkStatus(ip=sb.ip if sb.ready else ""),
         linux=cri.LinuxPodSandboxStatus(
             namespaces=cri.Namespace(options=options)
         ),
