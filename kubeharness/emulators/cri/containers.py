@@ -11,11 +11,10 @@ import json
 import posixpath
 
 from kubeharness.clock import seconds_to_ns
-from kubeharness.emulators.cri import listing
 from kubeharness.emulators.cri.model import CREATED, EXITED, RUNNING, Container
 from kubeharness.emulators.cri.runtime import Runtime
 from kubeharness.emulators.cri.validate import bounded, require_id, require_name, safe_relative
-from kubeharness.emulators.cri.views import container_status, container_summary
+from kubeharness.emulators.cri.views import container_status
 from kubeharness.errors import FailedPrecondition, InvalidArgument, NotFound
 from kubeharness.wire.cri import api_pb2 as cri
 
@@ -178,8 +177,11 @@ def matching(rt: Runtime, flt: cri.ContainerFilter) -> list[Container]:
 
 
 async def list_containers(rt: Runtime, req: cri.ListContainersRequest) -> bytes:
-    """The encoded ListContainersResponse (entries are cached per container state)."""
-    return listing.encode(matching(rt, req.filter), container_summary)
+    """The encoded ListContainersResponse, from the entries the runtime keeps encoded."""
+    flt = req.filter
+    if not (flt.id or flt.pod_sandbox_id or flt.HasField("state") or flt.label_selector):
+        return rt.container_list.everything()
+    return rt.container_list.of(c.id for c in matching(rt, flt))
 
 
 async def update_resources(

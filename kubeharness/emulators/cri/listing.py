@@ -1,23 +1,21 @@
-"""Fast list answers: each object's list entry is encoded once per state and reused.
+"""Fast list answers: every object's list entry is kept encoded, refreshed whenever the object is saved.
 
-ListContainers and ListPodSandbox are what a kubelet's PLEG calls every second, and with 10,000
-pods building 10,000 messages per call costs ~100 ms. An object's entry changes only with its state,
-so the encoded entry is cached on the object keyed by state, and a list answer is the
-concatenation of cached entries, each framed as field 1 of the response (``repeated X items = 1``;
-the Stream* responses use field 1 too, so batches are framed the same way).
+ListContainers and ListPodSandbox are what a kubelet's PLEG calls every second; with 10,000 pods,
+building 10,000 messages per call costs far more than the 50 ms a relist may take. An object's list
+entry changes only when the object does, and every change is saved (``Runtime.save_*``), so the
+runtime re-encodes the entry there. An unfiltered list answer is then one ``b"".join`` of the
+entries, each framed as field 1 of the response (``repeated X items = 1``; the Stream* responses use
+field 1 too, so their batches are framed the same way).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Generic, TypeVar
 
+T = TypeVar("T")
 
-class Cacheable(Protocol):
-    list_entry: tuple[int, bytes] | None
-
-    @property
-    def state(self) -> Any: ...
+_FIELD_1_LENGTH_DELIMITED = b"\x0a"
 
 
 def _varint(value: int) -> bytes:
@@ -32,27 +30,39 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
-_FIELD_1_LENGTH_DELIMITED = b"\x0a"
+def framed(message: Any) -> bytes:
+    """``message`` encoded as field 1 of an enclosing message."""
+    body: bytes = message.SerializeToString()
+    return _FIELD_1_LENGTH_DELIMITED + _varint(len(body)) + body
 
 
-def entry(obj: Cacheable, build: Callable[[Any], Any]) -> bytes:
-    """``obj``'s list entry framed as field 1, rebuilt only when its state changed."""
-    state = int(obj.state)
-    cached = obj.list_entry
-    if cached is not None and cached[0] == state:
-        return cached[1]
-    body: bytes = build(obj).SerializeToString()
-    framed = _FIELD_1_LENGTH_DELIMITED + _varint(len(body)) + body
-    obj.list_entry = (state, framed)
-    return framed
+class ListIndex(Generic[T]):
+    """Encoded list entries by object id, in creation order."""
 
+    def __init__(self, build: Callable[[T], Any]) -> None:
+        self._build = build
+        self._entries: dict[str, bytes] = {}
 
-def encode(objs: Iterable[Cacheable], build: Callable[[Any], Any]) -> bytes:
-    """A whole response whose only field is ``repeated entry = 1``."""
-    return b"".join(entry(o, build) for o in objs)
+    def __len__(self) -> int:
+        return len(self._entries)
 
+    def update(self, key: str, obj: T) -> None:
+        """Re-encode ``obj``'s entry (a new key goes last; a known key keeps its place)."""
+        self._entries[key] = framed(self._build(obj))
 
-def batches(objs: Sequence[Cacheable], build: Callable[[Any], Any], size: int) -> Iterable[bytes]:
-    """Non-empty responses of at most ``size`` entries each."""
-    for start in range(0, len(objs), size):
-        yield encode(objs[start : start + size], build)
+    def drop(self, key: str) -> None:
+        self._entries.pop(key, None)
+
+    def everything(self) -> bytes:
+        """The whole list as one encoded response."""
+        return b"".join(self._entries.values())
+
+    def of(self, keys: Iterable[str]) -> bytes:
+        """An encoded response listing just these objects."""
+        entries = self._entries
+        return b"".join(entries[k] for k in keys)
+
+    def batches(self, keys: Sequence[str], size: int) -> Iterator[bytes]:
+        """Non-empty encoded responses of at most ``size`` entries each."""
+        for start in range(0, len(keys), size):
+            yield self.of(keys[start : start + size])

@@ -44,8 +44,6 @@ class Sandbox:
     ready: bool = True
     netns_path: str = ""
     stopped_ns: int = 0
-    # The encoded ListPodSandbox entry and the state it was built for (see listing.py); not saved.
-    list_entry: tuple[int, bytes] | None = field(default=None, repr=False, compare=False)
 
     @property
     def state(self) -> cri.PodSandboxState:
@@ -94,8 +92,6 @@ class Container:
     kill_ns: int = 0
     # How many log lines of the behaviour were written (so a restarted emulator continues, not repeats).
     lines_written: int = 0
-    # The encoded ListContainers entry and the state it was built for (see listing.py); not saved.
-    list_entry: tuple[int, bytes] | None = field(default=None, repr=False, compare=False)
 
     @property
     def state(self) -> cri.ContainerState:

@@ -22,12 +22,13 @@ from kubeharness.emulators.cri.config import CriConfig
 from kubeharness.emulators.cri.events import EventHub
 from kubeharness.emulators.cri.images import DEFAULT_CATALOG, Catalog, LocalImage, normalize_ref
 from kubeharness.emulators.cri.imagestore import ImageStore
+from kubeharness.emulators.cri.listing import ListIndex
 from kubeharness.emulators.cri.logs import ContainerLog
 from kubeharness.emulators.cri.model import Container, Sandbox
 from kubeharness.emulators.cri.network import IpPool
 from kubeharness.emulators.cri.process import Exit, Process
 from kubeharness.emulators.cri.store import NameIndex, Store
-from kubeharness.emulators.cri.views import container_status, sandbox_status
+from kubeharness.emulators.cri.views import container_status, container_summary, sandbox_status, sandbox_summary
 from kubeharness.errors import InvalidArgument
 from kubeharness.persist import Journal
 from kubeharness.wire.cri import api_pb2 as cri
@@ -47,6 +48,8 @@ class Runtime:
         self.containers: Store[Container] = Store("container")
         self.names = NameIndex()  # sandbox and container names -> holder ids
         self.by_sandbox: dict[str, dict[str, Container]] = {}  # sandbox id -> its containers
+        self.sandbox_list: ListIndex[Sandbox] = ListIndex(sandbox_summary)  # encoded ListPodSandbox entries
+        self.container_list: ListIndex[Container] = ListIndex(container_summary)  # encoded ListContainers entries
         self.catalog = Catalog(list(config.images) + DEFAULT_CATALOG)  # the virtual registry
         self.journal = Journal(state_dir / "state.journal")  # every change, appended
         self._saved = self.journal.load()  # what the last run left, until load() takes it
@@ -80,10 +83,12 @@ class Runtime:
 
     def save_sandbox(self, sb: Sandbox) -> None:
         self.journal.put("sandbox", sb.id, sb.to_record())
+        self.sandbox_list.update(sb.id, sb)
         self._maybe_compact()
 
     def save_container(self, c: Container) -> None:
         self.journal.put("container", c.id, c.to_record())
+        self.container_list.update(c.id, c)
         self._maybe_compact()
 
     def _maybe_compact(self) -> None:
@@ -106,6 +111,7 @@ class Runtime:
     def drop_sandbox(self, sb: Sandbox) -> None:
         self.journal.delete("sandbox", sb.id)
         self.sandboxes.delete(sb.id)
+        self.sandbox_list.drop(sb.id)
         self.by_sandbox.pop(sb.id, None)
         self.names.release(sb.name)
 
@@ -117,6 +123,7 @@ class Runtime:
     def drop_container(self, c: Container) -> None:
         self.journal.delete("container", c.id)
         self.containers.delete(c.id)
+        self.container_list.drop(c.id)
         self.by_sandbox.get(c.sandbox_id, {}).pop(c.id, None)
         self.names.release(c.name)
 
@@ -201,6 +208,7 @@ class Runtime:
         for record in saved.get("sandbox", {}).values():
             sb = Sandbox.from_record(record)
             self.sandboxes.add(sb.id, sb)
+            self.sandbox_list.update(sb.id, sb)
             self.by_sandbox.setdefault(sb.id, {})
             self.names.reserve(sb.name, sb.id)
             if sb.ready and sb.ip:
@@ -212,6 +220,7 @@ class Runtime:
                 self.journal.delete("container", c.id)
                 continue
             self.containers.add(c.id, c)
+            self.container_list.update(c.id, c)
             self.by_sandbox[c.sandbox_id][c.id] = c
             self.names.reserve(c.name, c.id)
         resumed = 0

@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import uuid
 
-from kubeharness.emulators.cri import images_service, listing
+from kubeharness.emulators.cri import images_service
 from kubeharness.emulators.cri.containers import stop_container_now
 from kubeharness.emulators.cri.model import Sandbox
 from kubeharness.emulators.cri.runtime import Runtime
 from kubeharness.emulators.cri.validate import bounded, require_id, require_name, safe_directory
-from kubeharness.emulators.cri.views import container_status, sandbox_status, sandbox_summary
+from kubeharness.emulators.cri.views import container_status, sandbox_status
 from kubeharness.errors import InvalidArgument, KubeharnessError
 from kubeharness.wire.cri import api_pb2 as cri
 
@@ -142,5 +142,8 @@ def matching(rt: Runtime, flt: cri.PodSandboxFilter) -> list[Sandbox]:
 
 
 async def list_sandboxes(rt: Runtime, req: cri.ListPodSandboxRequest) -> bytes:
-    """The encoded ListPodSandboxResponse (entries are cached per sandbox state)."""
-    return listing.encode(matching(rt, req.filter), sandbox_summary)
+    """The encoded ListPodSandboxResponse, from the entries the runtime keeps encoded."""
+    flt = req.filter
+    if not (flt.id or flt.HasField("state") or flt.label_selector):
+        return rt.sandbox_list.everything()
+    return rt.sandbox_list.of(sb.id for sb in matching(rt, flt))

@@ -11,9 +11,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
 
-from kubeharness.emulators.cri import containers, exec, images_service, info, listing, sandboxes, stats
+from kubeharness.emulators.cri import containers, exec, images_service, info, sandboxes, stats
 from kubeharness.emulators.cri.runtime import Runtime
-from kubeharness.emulators.cri.views import container_summary, sandbox_summary
 from kubeharness.wire.cri import api_pb2 as cri
 
 STREAM_BATCH = 500
@@ -70,7 +69,8 @@ class RuntimeService:
         return await sandboxes.list_sandboxes(self.rt, req)
 
     async def StreamPodSandboxes(self, req: cri.StreamPodSandboxesRequest) -> AsyncIterator[bytes]:
-        for batch in listing.batches(sandboxes.matching(self.rt, req.filter), sandbox_summary, STREAM_BATCH):
+        keys = [sb.id for sb in sandboxes.matching(self.rt, req.filter)]
+        for batch in list(self.rt.sandbox_list.batches(keys, STREAM_BATCH)):  # a snapshot, taken at once
             yield batch
 
     # -- containers --
@@ -94,7 +94,8 @@ class RuntimeService:
         return await containers.list_containers(self.rt, req)
 
     async def StreamContainers(self, req: cri.StreamContainersRequest) -> AsyncIterator[bytes]:
-        for batch in listing.batches(containers.matching(self.rt, req.filter), container_summary, STREAM_BATCH):
+        keys = [c.id for c in containers.matching(self.rt, req.filter)]
+        for batch in list(self.rt.container_list.batches(keys, STREAM_BATCH)):  # a snapshot, taken at once
             yield batch
 
     async def UpdateContainerResources(
