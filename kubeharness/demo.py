@@ -85,6 +85,8 @@ class Demo:
     async def events(self) -> None:
         async for event in self.rt.GetContainerEvents(api.GetEventsRequest()):
             pod = event.pod_sandbox_status.metadata.name
+            if event.container_id == event.pod_sandbox_status.id:  # a sandbox event
+                self.names.setdefault(event.container_id, f"{pod} (sandbox)")
             for status in event.containers_statuses:
                 if status.id == event.container_id and event.container_id not in self.names:
                     self.names[status.id] = f"{pod}/{status.metadata.name}#{status.metadata.attempt}"
