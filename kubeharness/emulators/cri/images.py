@@ -33,6 +33,8 @@ _NAME_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
 _TAG = re.compile(r"^[\w][\w.-]{0,127}$")
 _DIGEST = re.compile(r"^sha256:[a-f0-9]{64}$")
 _MAX_REF = 4096
+_LABEL = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
+_DOMAIN = re.compile(rf"^(?:{_LABEL}(?:\.{_LABEL})*)(?::\d+)?$")  # host[:port], port numeric
 
 DEFAULT_CATALOG: list[dict[str, Any]] = [
     {"ref": "registry.k8s.io/pause:3.10", "size_bytes": 320_368, "kind": "pause", "entrypoint": ["/pause"],
@@ -64,6 +66,8 @@ def normalize_ref(ref: str) -> str:
     parts = name.split("/")
     if len(parts) == 1 or not ("." in parts[0] or ":" in parts[0] or parts[0] == "localhost"):
         parts = ["docker.io", *parts]
+    if not _DOMAIN.match(parts[0]):
+        raise InvalidArgument(f"invalid image reference {ref[:256]!r}: bad registry host {parts[0][:256]!r}")
     if parts[0] == "docker.io" and len(parts) == 2:
         parts.insert(1, "library")
     if not all(_NAME_COMPONENT.match(p) for p in parts[1:]):

@@ -134,7 +134,7 @@ async def image_fs_info(rt: Runtime, req: cri.ImageFsInfoRequest) -> cri.ImageFs
     now = rt.clock.now_ns()
     mountpoint = str(rt.image_fs_dir)
     images = list(rt.images)
-    writable = sum(p.writable_bytes() for p in rt.processes.values())
+    layers = [rt.writable_bytes(c) for c in rt.containers]
     resp = cri.ImageFsInfoResponse()
     image_fs = resp.image_filesystems.add(timestamp=now)
     image_fs.fs_id.mountpoint = mountpoint
@@ -142,6 +142,6 @@ async def image_fs_info(rt: Runtime, req: cri.ImageFsInfoRequest) -> cri.ImageFs
     image_fs.inodes_used.value = 64 * len(images)
     container_fs = resp.container_filesystems.add(timestamp=now)
     container_fs.fs_id.mountpoint = mountpoint
-    container_fs.used_bytes.value = writable
-    container_fs.inodes_used.value = len(rt.processes)
+    container_fs.used_bytes.value = sum(layers)
+    container_fs.inodes_used.value = sum(1 for n in layers if n)
     return resp

@@ -139,6 +139,13 @@ class Runtime:
         argv = command_line(c.config.command, c.config.args, entrypoint, cmd)
         return behaviour_for(argv, image.kind if image else "")
 
+    def writable_bytes(self, c: Container) -> int:
+        """Bytes in the container's writable layer: written at start, kept until the container is removed."""
+        if not c.started_ns:
+            return 0
+        process = self.processes.get(c.id)
+        return process.writable_bytes() if process is not None else int(self.behaviour_of(c).disk_mib * 1024 * 1024)
+
     def start_process(self, c: Container) -> Process:
         process = Process(
             c,

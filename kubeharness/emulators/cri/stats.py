@@ -35,12 +35,12 @@ def container_stats(rt: Runtime, c: Container, now_ns: int) -> cri.ContainerStat
     attrs.annotations.update(cfg.annotations)
     stats.writable_layer.timestamp = now_ns
     stats.writable_layer.fs_id.mountpoint = str(rt.image_fs_dir)
+    writable = rt.writable_bytes(c)
+    stats.writable_layer.used_bytes.value = writable
+    stats.writable_layer.inodes_used.value = 1 if writable else 0
     process = rt.processes.get(c.id)
     if process is None:
-        stats.writable_layer.used_bytes.value = 0
         return stats
-    stats.writable_layer.used_bytes.value = process.writable_bytes()
-    stats.writable_layer.inodes_used.value = 1 if process.writable_bytes() else 0
     stats.cpu.timestamp = now_ns
     stats.cpu.usage_core_nano_seconds.value = process.cpu_usage_core_ns(now_ns)
     stats.cpu.usage_nano_cores.value = process.behaviour.cpu_millicores * 1_000_000
