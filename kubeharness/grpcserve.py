@@ -22,12 +22,35 @@ from kubeharness.errors import KubeharnessError
 
 log = logging.getLogger(__name__)
 
+class _Undecodable:
+    """Stands in for a request whose bytes are not a valid message, so the handler can refuse it cleanly."""
+
+    def __init__(self, type_name: str, error: Exception) -> None:
+        self.message = f"malformed request: the bytes are not a valid {type_name} ({error})"
+
+
+def _deserializer(request_cls: Any) -> Callable[[bytes], Any]:
+    """Decode a request; undecodable bytes become an :class:`_Undecodable` instead of raising in gRPC."""
+    from_string = request_cls.FromString
+    type_name = request_cls.DESCRIPTOR.full_name
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return from_string(data)
+        except Exception as err:
+            return _Undecodable(type_name, err)
+
+    return deserialize
+
+
 UnaryImpl = Callable[[Any], Awaitable[Any]]
 StreamImpl = Callable[[Any], AsyncIterator[Any]]
 
 
 def _unary(name: str, fn: UnaryImpl) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]:
     async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        if isinstance(request, _Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
         try:
             return await fn(request)
         except KubeharnessError as err:
@@ -43,6 +66,8 @@ def _unary(name: str, fn: UnaryImpl) -> Callable[[Any, grpc.aio.ServicerContext[
 
 def _stream(name: str, fn: StreamImpl) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]:
     async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        if isinstance(request, _Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
         try:
             async for item in fn(request):
                 yield item
@@ -88,13 +113,13 @@ def method_handlers(service: ServiceDescriptor, impl: object) -> dict[str, grpc.
         if method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
                 _stream(method.name, fn),
-                request_deserializer=request_cls.FromString,
+                request_deserializer=_deserializer(request_cls),
                 response_serializer=_serializer(response_cls),
             )
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
                 _unary(method.name, fn),
-                request_deserializer=request_cls.FromString,
+                request_deserializer=_deserializer(request_cls),
                 response_serializer=_serializer(response_cls),
             )
     return handlers

@@ -7,7 +7,6 @@ from __future__ import annotations
 import ipaddress
 import json
 
-from kubeharness.emulators.cri.network import IpPool
 from kubeharness.emulators.cri.runtime import Runtime
 from kubeharness.emulators.cri.sandboxes import RUNTIME_HANDLERS
 from kubeharness.emulators.cri.validate import require_id
@@ -72,12 +71,7 @@ async def update_runtime_config(rt: Runtime, req: cri.UpdateRuntimeConfigRequest
         ipaddress.ip_network(first, strict=False)
     except ValueError as err:
         raise InvalidArgument(f"runtime_config.network_config.pod_cidr {cidr[:256]!r}: {err}") from None
-    pool = IpPool(first)
-    for sb in rt.sandboxes:
-        if sb.ready and sb.ip:
-            pool.reserve(sb.ip)
-    rt.ips = pool
-    rt.runtime_config.CopyFrom(req.runtime_config)
+    rt.set_pod_cidr(cidr)
     return cri.UpdateRuntimeConfigResponse()
 
 

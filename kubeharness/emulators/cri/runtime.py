@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 class Runtime:
     """Everything the RPC handlers share."""
 
+    NODE_KIND = "node"  # journal kind of node-wide settings (the pod CIDR from UpdateRuntimeConfig)
+
     def __init__(self, config: CriConfig, state_dir: Path, clock: Clock, min_tick_ns: int = 0) -> None:
         self.config = config
         self.clock = clock  # the only source of time
@@ -55,10 +57,13 @@ class Runtime:
         self._saved = self.journal.load()  # what the last run left, until load() takes it
         self.images = ImageStore(self.journal, self._saved.get(ImageStore.KIND, {}).values())  # images on the node
         self.ips = IpPool(config.pod_cidr)  # pod addresses
+        self.runtime_config = cri.RuntimeConfig()  # last UpdateRuntimeConfig
+        for record in self._saved.get(self.NODE_KIND, {}).values():  # a pod CIDR the kubelet handed over earlier
+            self.runtime_config.network_config.pod_cidr = record["pod_cidr"]
+            self.ips = IpPool(self._first_cidr(record["pod_cidr"]))
         self.events = EventHub(config.event_buffer)  # GetContainerEvents subscribers
         self.processes: dict[str, Process] = {}  # running containers' simulated processes
         self.pulls: dict[str, asyncio.Task[str]] = {}  # pulls in flight by canonical ref
-        self.runtime_config = cri.RuntimeConfig()  # last UpdateRuntimeConfig
         self.image_fs_dir = state_dir / "snapshots"  # where the image filesystem "lives"
         self.image_fs_dir.mkdir(parents=True, exist_ok=True)
         self._exit_waiters: dict[str, list[asyncio.Future[None]]] = {}
@@ -102,6 +107,22 @@ class Runtime:
             yield "container", c.id, c.to_record()
         for image in self.images:
             yield ImageStore.KIND, image.id, image.to_record()
+        if self.runtime_config.network_config.pod_cidr:
+            yield self.NODE_KIND, "pod_cidr", {"pod_cidr": self.runtime_config.network_config.pod_cidr}
+
+    @staticmethod
+    def _first_cidr(cidrs: str) -> str:
+        return cidrs.split(",")[0].strip()
+
+    def set_pod_cidr(self, cidrs: str) -> None:
+        """Take new sandbox addresses from ``cidrs`` (the first range of a dual-stack list), and remember it."""
+        pool = IpPool(self._first_cidr(cidrs))
+        for sb in self.sandboxes:
+            if sb.ready and sb.ip:
+                pool.reserve(sb.ip)
+        self.ips = pool
+        self.runtime_config.network_config.pod_cidr = cidrs
+        self.journal.put(self.NODE_KIND, "pod_cidr", {"pod_cidr": cidrs})
 
     def add_sandbox(self, sb: Sandbox) -> None:
         self.save_sandbox(sb)

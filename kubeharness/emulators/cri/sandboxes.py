@@ -48,21 +48,21 @@ async def run(rt: Runtime, req: cri.RunPodSandboxRequest) -> cri.RunPodSandboxRe
     sandbox_id = rt.new_id()
     name = sandbox_name(meta)
     rt.names.reserve(name, sandbox_id)
-    try:
+    try:  # a failure frees the name again: nothing of the sandbox stays behind
         await images_service.ensure_image(rt, rt.config.pause_image)
+        sb = Sandbox(
+            id=sandbox_id,
+            name=name,
+            config=cfg,
+            runtime_handler=req.runtime_handler,
+            created_ns=rt.clock.now_ns(),
+        )
+        if not sb.host_network:
+            sb.ip = rt.ips.allocate()
+            sb.netns_path = f"/var/run/netns/cni-{uuid.uuid4()}"
     except BaseException:
         rt.names.release(name)
         raise
-    sb = Sandbox(
-        id=sandbox_id,
-        name=name,
-        config=cfg,
-        runtime_handler=req.runtime_handler,
-        created_ns=rt.clock.now_ns(),
-    )
-    if not sb.host_network:
-        sb.ip = rt.ips.allocate()
-        sb.netns_path = f"/var/run/netns/cni-{uuid.uuid4()}"
     rt.add_sandbox(sb)
     rt.emit_sandbox(cri.CONTAINER_CREATED_EVENT, sb)
     rt.emit_sandbox(cri.CONTAINER_STARTED_EVENT, sb)

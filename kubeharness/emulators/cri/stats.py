@@ -72,11 +72,22 @@ async def list_container_stats(rt: Runtime, req: cri.ListContainerStatsRequest) 
     selector = dict(flt.label_selector)
     now = rt.clock.now_ns()
     resp = cri.ListContainerStatsResponse()
-    candidates = [rt.containers.find(flt.id, strict=False)] if flt.id else list(rt.containers)
+    sandbox_id = ""
+    if flt.pod_sandbox_id:
+        sb = rt.sandboxes.find(flt.pod_sandbox_id, strict=False)
+        if sb is None:
+            return resp  # an unknown or ambiguous sandbox id matches nothing
+        sandbox_id = sb.id
+    if flt.id:
+        candidates = [rt.containers.find(flt.id, strict=False)]
+    elif sandbox_id:
+        candidates = list(rt.containers_of(sandbox_id))
+    else:
+        candidates = list(rt.containers)
     for c in candidates:
         if c is None:
             continue
-        if flt.pod_sandbox_id and not c.sandbox_id.startswith(flt.pod_sandbox_id):
+        if sandbox_id and c.sandbox_id != sandbox_id:
             continue
         if not _labels_match(c.config.labels, selector):
             continue

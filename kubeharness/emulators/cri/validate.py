@@ -39,7 +39,9 @@ def safe_directory(value: str, field: str) -> str:
     if not value:
         return ""
     bounded(value, field, 4096)
-    if "\x00" in value or not value.startswith("/"):
+    if "\x00" in value:
+        raise InvalidArgument(f"{field} must not contain a NUL byte")
+    if not value.startswith("/"):
         raise InvalidArgument(f"{field} {value!r} must be an absolute path")
     if ".." in value.split("/"):
         raise InvalidArgument(f"{field} {value!r} must not contain '..'")
@@ -51,7 +53,9 @@ def safe_relative(value: str, field: str) -> str:
     if not value:
         return ""
     bounded(value, field, 4096)
-    if "\x00" in value or value.startswith("/"):
+    if "\x00" in value:
+        raise InvalidArgument(f"{field} must not contain a NUL byte")
+    if value.startswith("/"):
         raise InvalidArgument(f"{field} {value!r} must be a path relative to the log directory")
     if ".." in value.split("/"):
         raise InvalidArgument(f"{field} {value!r} must not contain '..'")
