@@ -13,7 +13,7 @@ import posixpath
 from kubeharness.clock import seconds_to_ns
 from kubeharness.emulators.cri.model import CREATED, EXITED, RUNNING, Container
 from kubeharness.emulators.cri.runtime import Runtime
-from kubeharness.emulators.cri.validate import bounded, require_id, require_name, safe_relative
+from kubeharness.emulators.cri.validate import bounded, bounded_map, require_id, require_name, safe_relative
 from kubeharness.emulators.cri.views import container_status
 from kubeharness.errors import FailedPrecondition, InvalidArgument, NotFound
 from kubeharness.wire.cri import api_pb2 as cri
@@ -34,6 +34,8 @@ async def create(rt: Runtime, req: cri.CreateContainerRequest) -> cri.CreateCont
     require_name(cfg.metadata.name, "config.metadata.name")
     require_name(cfg.image.image, "config.image.image")
     log_path = safe_relative(cfg.log_path, "config.log_path")
+    bounded_map(cfg.labels, "config.labels")
+    bounded_map(cfg.annotations, "config.annotations")
     for i, mount in enumerate(cfg.mounts):
         if not mount.container_path:
             raise InvalidArgument(f"config.mounts[{i}].container_path must not be empty")

@@ -13,7 +13,7 @@ from kubeharness.emulators.cri import images_service
 from kubeharness.emulators.cri.containers import stop_container_now
 from kubeharness.emulators.cri.model import Sandbox
 from kubeharness.emulators.cri.runtime import Runtime
-from kubeharness.emulators.cri.validate import bounded, require_id, require_name, safe_directory
+from kubeharness.emulators.cri.validate import bounded, bounded_map, require_id, require_name, safe_directory
 from kubeharness.emulators.cri.views import container_status, sandbox_status
 from kubeharness.errors import InvalidArgument, KubeharnessError
 from kubeharness.wire.cri import api_pb2 as cri
@@ -35,6 +35,8 @@ async def run(rt: Runtime, req: cri.RunPodSandboxRequest) -> cri.RunPodSandboxRe
     require_name(meta.namespace, "config.metadata.namespace")
     require_name(meta.uid, "config.metadata.uid")
     bounded(cfg.hostname, "config.hostname")
+    bounded_map(cfg.labels, "config.labels")
+    bounded_map(cfg.annotations, "config.annotations")
     safe_directory(cfg.log_directory, "config.log_directory")
     if req.runtime_handler not in RUNTIME_HANDLERS:
         raise KubeharnessError(

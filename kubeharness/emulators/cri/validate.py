@@ -7,6 +7,7 @@ object; paths that the emulator will write to are checked for traversal before a
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Mapping
 
 from kubeharness.errors import InvalidArgument
 
@@ -26,6 +27,16 @@ def bounded(value: str, field: str, limit: int = MAX_NAME) -> str:
     if len(value) > limit:
         raise InvalidArgument(f"{field} is {len(value)} characters long; at most {limit} are accepted")
     return value
+
+
+MAX_METADATA_MAP = 256 * 1024  # Kubernetes' limit on a pod's total annotation size
+
+
+def bounded_map(mapping: Mapping[str, str], field: str, limit: int = MAX_METADATA_MAP) -> None:
+    """Labels or annotations: at most ``limit`` bytes of keys and values together."""
+    size = sum(len(k) + len(v) for k, v in mapping.items())
+    if size > limit:
+        raise InvalidArgument(f"{field} hold {size} bytes of keys and values; at most {limit} are accepted")
 
 
 def require_name(value: str, field: str) -> str:
