@@ -158,7 +158,8 @@ def test_helper_flags_become_a_behaviour() -> None:
 def test_malformed_helper_flags_make_an_exit_2_container_with_usage_on_stderr(flags: list[str]) -> None:
     b = behaviour_for(["khelper", *flags])
     assert (b.kind, b.exit_after_ns, b.exit_code) == ("invalid", 0, 2)
-    assert len(b.startup_stderr) == 1 and b.startup_stderr[0].startswith("khelper: ")
+    assert len(b.startup_stderr) == 2 and b.startup_stderr[0].startswith("khelper: ")
+    assert b.startup_stderr[1].startswith("usage: khelper [--exit-after=D]")
 
 
 def test_plain_commands_and_pause() -> None:

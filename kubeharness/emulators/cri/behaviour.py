@@ -55,6 +55,14 @@ _DURATION = re.compile(r"^(?P<num>\d+(?:\.\d+)?)(?P<unit>ns|us|ms|s|m|h)?$")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
+USAGE = (
+    f"usage: {HELPER} [--exit-after=D] [--exit-code=N] [--log-rate=N] [--log-count=N] [--log-stream=S] "
+    "[--log-line-bytes=N] [--log-text=T] [--ready-after=D] [--unhealthy-after=D] [--http-port=N] [--tcp-port=N] "
+    "[--memory-mib=M] [--memory-mib-per-second=R] [--cpu-millicores=N] [--disk-mib=N] [--ignore-sigterm] "
+    "[--sigterm-exit-code=N] [--sigterm-delay=D]"
+)
+
+
 class BehaviourError(ValueError):
     """A command line the vocabulary cannot accept; the message is what the helper would print."""
 
@@ -214,7 +222,7 @@ def behaviour_for(argv: Sequence[str], image_kind: str = "") -> Behaviour:
         try:
             return parse_helper_flags(argv[1:])
         except BehaviourError as err:
-            return Behaviour(kind="invalid", exit_after_ns=0, exit_code=2, startup_stderr=(f"{HELPER}: {err}",))
+            return Behaviour(kind="invalid", exit_after_ns=0, exit_code=2, startup_stderr=(f"{HELPER}: {err}", USAGE))
     if program == "sleep" and len(argv) == 2:
         # PID 1 gets no default signal handlers, so a bare sleep ignores SIGTERM.
         if argv[1] in ("infinity", "inf"):

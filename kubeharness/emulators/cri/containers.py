@@ -193,6 +193,8 @@ async def update_resources(
     c = rt.containers.get(req.container_id)
     # containerd accepts an update of an exited container (it only records it); so do we
     if req.HasField("linux"):
+        if req.linux.memory_limit_in_bytes != c.resources.memory_limit_in_bytes:
+            c.limit_changed_ns = rt.clock.now_ns()
         c.resources.CopyFrom(req.linux)
         rt.save_container(c)
         process = rt.processes.get(c.id)

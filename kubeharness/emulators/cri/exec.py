@@ -10,12 +10,13 @@ itself is served by a separate component.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kubeharness.emulators.cri.behaviour import HELPER, BehaviourError, parse_duration_ns
-from kubeharness.emulators.cri.model import RUNNING
+from kubeharness.emulators.cri.model import RUNNING, Container
 from kubeharness.emulators.cri.process import Process
 from kubeharness.emulators.cri.runtime import Runtime
 from kubeharness.emulators.cri.validate import require_id
@@ -104,15 +105,31 @@ async def exec_sync(rt: Runtime, req: cri.ExecSyncRequest) -> cri.ExecSyncRespon
     process = _running_process(rt, req.container_id)
     result = interpret(req.cmd, process, rt.clock.now_ns())
     if result.sleep_ns:
-        if req.timeout and result.sleep_ns > req.timeout * NS:
-            await rt.clock.sleep(req.timeout)
+        timed_out = bool(req.timeout) and result.sleep_ns > req.timeout * NS
+        wait_s = req.timeout if timed_out else result.sleep_ns / NS
+        if await _container_exits_within(rt, process.container, wait_s):
+            # the container's init died: the kernel kills everything in its PID namespace, the exec too
+            return cri.ExecSyncResponse(stdout=b"", stderr=b"", exit_code=137)
+        if timed_out:
             raise DeadlineExceeded(
                 f"failed to exec in container: timeout {req.timeout}s exceeded: context deadline exceeded"
             )
-        await rt.clock.sleep(result.sleep_ns / NS)
     return cri.ExecSyncResponse(
         stdout=result.stdout.encode(), stderr=result.stderr.encode(), exit_code=result.exit_code
     )
+
+
+async def _container_exits_within(rt: Runtime, c: Container, seconds: float) -> bool:
+    """Wait ``seconds`` of clock time, or less if the container exits first; True if it did."""
+    sleeper = asyncio.ensure_future(rt.clock.sleep(seconds))
+    exited = rt.wait_exited(c)
+    try:
+        await asyncio.wait((sleeper, exited), return_when=asyncio.FIRST_COMPLETED)
+        return exited.done() and not exited.cancelled()
+    finally:
+        sleeper.cancel()
+        if not exited.done():
+            rt.stop_waiting(c, exited)
 
 
 def _url(rt: Runtime, kind: str) -> str:

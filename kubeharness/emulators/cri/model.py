@@ -92,6 +92,8 @@ class Container:
     kill_ns: int = 0
     # How many log lines of the behaviour were written (so a restarted emulator continues, not repeats).
     lines_written: int = 0
+    # When UpdateContainerResources last changed the memory limit (an OOM kill cannot come earlier).
+    limit_changed_ns: int = 0
 
     @property
     def state(self) -> cri.ContainerState:
@@ -107,7 +109,7 @@ class Container:
             "image_id": self.image_id, "log_path": self.log_path, "created_ns": self.created_ns,
             "resources": _pack(self.resources), "started_ns": self.started_ns, "finished_ns": self.finished_ns,
             "exit_code": self.exit_code, "reason": self.reason, "message": self.message, "term_ns": self.term_ns,
-            "kill_ns": self.kill_ns, "lines_written": self.lines_written,
+            "kill_ns": self.kill_ns, "lines_written": self.lines_written, "limit_changed_ns": self.limit_changed_ns,
         }
 
     @classmethod
@@ -118,4 +120,5 @@ class Container:
             resources=_unpack(cri.LinuxContainerResources, r["resources"]), started_ns=r["started_ns"],
             finished_ns=r["finished_ns"], exit_code=r["exit_code"], reason=r["reason"], message=r["message"],
             term_ns=r["term_ns"], kill_ns=r["kill_ns"], lines_written=r["lines_written"],
+            limit_changed_ns=r.get("limit_changed_ns", 0),
         )

@@ -81,7 +81,8 @@ class Process:
         limit = c.resources.memory_limit_in_bytes
         to_oom = b.running_ns_to_reach(max(0, limit - BASE_MEMORY_BYTES)) if limit > 0 else None
         if to_oom is not None:
-            candidates.append(Exit(self.started_ns + to_oom, 137, "OOMKilled"))
+            # memory above a limit lowered later is reclaimed by the OOM killer at the change, not before
+            candidates.append(Exit(max(self.started_ns + to_oom, c.limit_changed_ns), 137, "OOMKilled"))
         if c.term_ns and not b.ignore_sigterm:
             if b.kind == "idle":
                 code, delay = 143, 0

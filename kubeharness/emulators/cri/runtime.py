@@ -206,6 +206,15 @@ class Runtime:
             self._exit_waiters.setdefault(c.id, []).append(future)
         return future
 
+    def stop_waiting(self, c: Container, future: asyncio.Future[None]) -> None:
+        """Forget a :meth:`wait_exited` future that is no longer wanted."""
+        future.cancel()
+        waiters = self._exit_waiters.get(c.id)
+        if waiters is not None and future in waiters:
+            waiters.remove(future)
+            if not waiters:
+                del self._exit_waiters[c.id]
+
     # -- events -----------------------------------------------------------------------------------
 
     def emit(self, kind: cri.ContainerEventType, c: Container) -> None:
