@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from kubeharness.errors import KubeharnessError
+from kubeharness.memtune import keep_large_buffers
 
 
 def _cri_serve(args: argparse.Namespace) -> int:
@@ -21,6 +22,7 @@ def _cri_serve(args: argparse.Namespace) -> int:
     from kubeharness.emulators.cri.server import serve
 
     config = CriConfig.load(Path(args.config)) if args.config else CriConfig()
+    keep_large_buffers()
     asyncio.run(serve(args.socket, Path(args.state_dir), config))
     return 0
 
@@ -28,6 +30,7 @@ def _cri_serve(args: argparse.Namespace) -> int:
 def _bench_cri(args: argparse.Namespace) -> int:
     from kubeharness.bench.cri import main as bench_main
 
+    keep_large_buffers()  # the client side of 8 MiB list answers, so the figures are the runtime's
     return bench_main(args)
 
 

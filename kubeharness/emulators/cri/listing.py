@@ -4,8 +4,8 @@ ListContainers and ListPodSandbox are what a kubelet's PLEG calls every second; 
 building 10,000 messages per call costs far more than the 50 ms a relist may take. An object's list
 entry changes only when the object does, and every change is saved (``Runtime.save_*``), so the
 runtime re-encodes the entry there. An unfiltered list answer is then one ``b"".join`` of the
-entries, each framed as field 1 of the response (``repeated X items = 1``; the Stream* responses use
-field 1 too, so their batches are framed the same way).
+entries (kept until the next change), each framed as field 1 of the response (``repeated X items = 1``;
+the Stream* responses use field 1 too, so their batches are framed the same way).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ class ListIndex(Generic[T]):
     def __init__(self, build: Callable[[T], Any]) -> None:
         self._build = build
         self._entries: dict[str, bytes] = {}
+        self._everything: bytes | None = None  # the joined entries, until the next change
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -49,13 +50,17 @@ class ListIndex(Generic[T]):
     def update(self, key: str, obj: T) -> None:
         """Re-encode ``obj``'s entry (a new key goes last; a known key keeps its place)."""
         self._entries[key] = framed(self._build(obj))
+        self._everything = None
 
     def drop(self, key: str) -> None:
-        self._entries.pop(key, None)
+        if self._entries.pop(key, None) is not None:
+            self._everything = None
 
     def everything(self) -> bytes:
-        """The whole list as one encoded response."""
-        return b"".join(self._entries.values())
+        """The whole list as one encoded response (a kubelet relisting an unchanged node gets the same bytes)."""
+        if self._everything is None:
+            self._everything = b"".join(self._entries.values())
+        return self._everything
 
     def of(self, keys: Iterable[str]) -> bytes:
         """An encoded response listing just these objects."""
