@@ -419,3 +419,27 @@ def test_journal_compaction_keeps_the_latest_values(tmp_path: Path) -> None:
     j.put("image", "i2", {"tag": "y"})  # appends continue on the compacted file
     j.close()
     assert Journal(path).load() == {"container": {"c1": {"gen": 19}}, "image": {"i1": {"tag": "x"}, "i2": {"tag": "y"}}}
+
+
+
+def test_list_index_answers_reflect_every_change() -> None:
+    from kubeharness.emulators.cri.listing import ListIndex
+
+    index: ListIndex[str] = ListIndex(lambda name: api.Image(id=name))
+
+    def ids(raw: bytes) -> list[str]:  # the entries are framed as field 1, as ListImagesResponse.images is
+        return [image.id for image in api.ListImagesResponse.FromString(raw).images]
+
+    assert index.everything() == b""
+    index.update("a", "one")
+    index.update("b", "two")
+    assert ids(index.everything()) == ["one", "two"]
+    index.update("a", "uno")  # a changed entry keeps its place
+    assert ids(index.everything()) == ["uno", "two"]
+    index.drop("b")
+    index.update("c", "three")
+    assert ids(index.everything()) == ["uno", "three"]
+    assert ids(index.of(["c", "a"])) == ["three", "uno"]
+    assert [ids(batch) for batch in index.batches(["a", "c"], 1)] == [["uno"], ["three"]]
+    index.drop("missing")
+    assert len(index) == 2
