@@ -424,6 +424,7 @@ def test_journal_compaction_keeps_the_latest_values(tmp_path: Path) -> None:
 
 def test_list_index_answers_reflect_every_change() -> None:
     from kubeharness.emulators.cri.listing import ListIndex
+    from kubeharness.wire.cri import api_pb2 as api
 
     index: ListIndex[str] = ListIndex(lambda name: api.Image(id=name))
 
