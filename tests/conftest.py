@@ -24,6 +24,11 @@ from kubeharness.wire.cri import api_pb2_grpc as api_grpc
 
 T = TypeVar("T")
 
+# Each channel gets its own connection: gRPC otherwise shares one connection among channels to the same
+# target, so "16 clients" would be one, and a channel opened after a restart could reuse the dead
+# connection to the server that was just stopped.
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024), ("grpc.use_local_subchannel_pool", 1)]
+
 
 @dataclass
 class CriHarness:
@@ -52,9 +57,7 @@ class CriHarness:
     async def start(self) -> None:
         self.server = CriServer(self.socket, self.state_dir, self.config, self.clock)
         await self.server.start()
-        self.channel = grpc.aio.insecure_channel(
-            f"unix://{self.socket}", options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
-        )
+        self.channel = grpc.aio.insecure_channel(f"unix://{self.socket}", options=CHANNEL_OPTIONS)
         self.runtime = api_grpc.RuntimeServiceStub(self.channel)
         self.images = api_grpc.ImageServiceStub(self.channel)
 

@@ -16,7 +16,7 @@ import pytest
 
 from kubeharness.wire.cri import api_pb2 as api
 from kubeharness.wire.cri import api_pb2_grpc as api_grpc
-from tests.conftest import CriHarness
+from tests.conftest import CHANNEL_OPTIONS, CriHarness
 
 HELPER_IMAGE = "kubeharness.test/khelper:1"
 MIB = 1024 * 1024
@@ -94,7 +94,7 @@ def container_config(name: str = "c", image: str = HELPER_IMAGE, log_path: str =
 
 async def test_sixteen_clients_running_pod_cycles_at_once(cri: CriHarness) -> None:
     await cri.pull(HELPER_IMAGE)
-    channels = [grpc.aio.insecure_channel(f"unix://{cri.socket}") for _ in range(CLIENTS)]
+    channels = [grpc.aio.insecure_channel(f"unix://{cri.socket}", options=CHANNEL_OPTIONS) for _ in range(CLIENTS)]
     try:
         stubs = [api_grpc.RuntimeServiceStub(ch) for ch in channels]
 
@@ -121,7 +121,7 @@ async def test_concurrent_create_container_with_one_name_has_exactly_one_winner(
     await cri.pull(HELPER_IMAGE)
     cfg = cri.sandbox_config()
     sid = await cri.run_sandbox(cfg)
-    channels = [grpc.aio.insecure_channel(f"unix://{cri.socket}") for _ in range(CLIENTS)]
+    channels = [grpc.aio.insecure_channel(f"unix://{cri.socket}", options=CHANNEL_OPTIONS) for _ in range(CLIENTS)]
     try:
         request = api.CreateContainerRequest(pod_sandbox_id=sid, config=container_config("same"), sandbox_config=cfg)
         calls = [api_grpc.RuntimeServiceStub(ch).CreateContainer(request) for ch in channels]
