@@ -2,6 +2,7 @@
 
     kubeharness cri serve --socket PATH --state-dir DIR [--config FILE]
     kubeharness bench cri [--endpoint unix://PATH] [--cycles N] [--concurrency K] [--live-pods N] [--json FILE]
+    kubeharness bench shell [--containers N] [--seconds S]
     kubeharness demo
 """
 
@@ -32,6 +33,12 @@ def _bench_cri(args: argparse.Namespace) -> int:
 
     keep_large_buffers()  # the client side of 8 MiB list answers, so the figures are the runtime's
     return bench_main(args)
+
+
+def _bench_shell(args: argparse.Namespace) -> int:
+    from kubeharness.bench.shell import main as shell_main
+
+    return shell_main(args)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -69,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench_cri.add_argument("--keep", action="store_true", help="leave the live pods and the temporary directory")
     bench_cri.add_argument("--json", metavar="FILE", help="also write every figure to FILE as JSON")
     bench_cri.set_defaults(func=_bench_cri)
+    bench_shell = bench.add_parser("shell", help="CPU cost of interpreting busybox one-liners in the CRI emulator")
+    bench_shell.add_argument("--containers", type=int, default=1000, help="containers running the log loop")
+    bench_shell.add_argument("--seconds", type=float, default=60.0, help="virtual seconds to advance the clock")
+    bench_shell.set_defaults(func=_bench_shell)
 
     demo = sub.add_parser("demo", help="start the emulators, run a few pods through their lifecycle, print it")
     demo.set_defaults(func=_demo)

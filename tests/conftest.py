@@ -119,6 +119,8 @@ class CriHarness:
             log_path=f"{name}/{attempt}.log",
             labels=labels or {},
         )
+        # as the kubelet asks unless the pod shares its process namespace: the container is its own PID 1
+        cfg.linux.security_context.namespace_options.pid = api.CONTAINER
         if memory_limit:
             cfg.linux.resources.memory_limit_in_bytes = memory_limit
         req = api.CreateContainerRequest(pod_sandbox_id=sandbox_id, config=cfg, sandbox_config=sandbox_cfg)

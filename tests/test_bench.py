@@ -89,3 +89,12 @@ def test_bench_cri_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert figures["live"]["lists"]["ListContainers"]["items"] == 4
     assert figures["live"]["lists"]["ListContainers"]["first_ms"] > 0
     assert figures["memory"]["end"]["rss_mib"] > 0
+
+
+def test_bench_shell_prints_the_cpu_cost_of_interpreting(capsys: pytest.CaptureFixture[str]) -> None:
+    from kubeharness.cli import main
+
+    assert main(["bench", "shell", "--containers", "5", "--seconds", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "5 containers running" in out
+    assert "20 log lines written" in out  # each writes a line at 0, 1, 2 and 3 s

@@ -240,7 +240,7 @@ async def test_lowering_the_memory_limit_below_the_usage_oom_kills(cri: CriHarne
 
 
 async def test_stop_of_a_program_without_sigterm_handler_exits_143(cri: CriHarness) -> None:
-    _, cid, _ = await run(cri, command=["/usr/local/bin/server"])
+    _, cid, _ = await run(cri, image="kubeharness.test/app:1")  # an opaque program without a SIGTERM handler
     await cri.clock.advance(5)
     stop_at = cri.clock.now_ns()
     await finish(stop(cri, cid, timeout=30))

@@ -437,19 +437,19 @@ async def test_stop_container_with_timeout_0_kills_at_once(cri: CriHarness) -> N
 
 
 @pytest.mark.parametrize(
-    ("command", "args", "code", "reason"),
+    ("image", "args", "code", "reason"),
     [
         # khelper without --sigterm-* flags shuts down cleanly on SIGTERM (--sigterm-exit-code defaults to 0)
-        (None, None, 0, "Completed"),
-        (None, ["--sigterm-exit-code=3"], 3, "Error"),
-        # an unknown program (idle process) dies of SIGTERM: 128 + 15
-        (["/usr/local/bin/server"], None, 143, "Error"),
+        ("kubeharness.test/khelper:1", None, 0, "Completed"),
+        ("kubeharness.test/khelper:1", ["--sigterm-exit-code=3"], 3, "Error"),
+        # an opaque program (no SIGTERM handler) dies of SIGTERM: 128 + 15
+        ("kubeharness.test/app:1", None, 143, "Error"),
     ],
 )
 async def test_stop_container_with_timeout_ends_at_sigterm(
-    cri: CriHarness, command: list[str] | None, args: list[str] | None, code: int, reason: str
+    cri: CriHarness, image: str, args: list[str] | None, code: int, reason: str
 ) -> None:
-    _, cid = await cri.run_container(command=command, args=args)
+    _, cid = await cri.run_container(image=image, args=args)
     await cri.clock.advance(4)
     stop_at = cri.clock.now_ns()
     await finish(stop_container(cri, cid, timeout=30))  # no clock advance needed: it exits at SIGTERM

@@ -12,12 +12,14 @@ import posixpath
 
 from kubeharness.clock import seconds_to_ns
 from kubeharness.emulators.cri.model import CREATED, EXITED, RUNNING, Container
+from kubeharness.emulators.cri.process import Exit
 from kubeharness.emulators.cri.runtime import Runtime
 from kubeharness.emulators.cri.validate import bounded, bounded_map, require_id, require_name, safe_relative
 from kubeharness.emulators.cri.views import container_status
-from kubeharness.errors import FailedPrecondition, InvalidArgument, NotFound
+from kubeharness.errors import FailedPrecondition, InvalidArgument, KubeharnessError, NotFound
 from kubeharness.wire.cri import api_pb2 as cri
 
+START_ERROR_EXIT_CODE = 128  # containerd's exit code for a container whose process could not be started
 STATE_NAMES = {CREATED: "CONTAINER_CREATED", RUNNING: "CONTAINER_RUNNING", EXITED: "CONTAINER_EXITED"}
 
 
@@ -82,6 +84,17 @@ async def start(rt: Runtime, req: cri.StartContainerRequest) -> cri.StartContain
     sb = rt.sandboxes.get(c.sandbox_id)
     if not sb.ready:
         raise FailedPrecondition(f"sandbox {sb.id} of container {c.id} is not ready")
+    missing = rt.unstartable(c)
+    if missing is not None:
+        # as containerd: the task cannot be created, the container ends as exited with StartError, 128
+        message = (
+            "failed to create containerd task: failed to create shim task: OCI runtime create failed: "
+            "runc create failed: unable to start container process: exec: "
+            + (f'"{missing[:256]}": executable file not found in $PATH' if missing else "no command specified")
+            + ": unknown"
+        )
+        rt.mark_exited(c, Exit(rt.clock.now_ns(), START_ERROR_EXIT_CODE, "StartError", message))
+        raise KubeharnessError(message)
     c.started_ns = rt.clock.now_ns()
     rt.save_container(c)
     rt.emit(cri.CONTAINER_STARTED_EVENT, c)

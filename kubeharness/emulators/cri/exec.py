@@ -11,14 +11,18 @@ itself is served by a separate component.
 from __future__ import annotations
 
 import asyncio
+import math
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from kubeharness.emulators.cri import rootfs
 from kubeharness.emulators.cri.behaviour import HELPER, BehaviourError, parse_duration_ns
 from kubeharness.emulators.cri.model import RUNNING, Container
 from kubeharness.emulators.cri.process import Process
 from kubeharness.emulators.cri.runtime import Runtime
+from kubeharness.emulators.cri.scripted import BUSY_SLICE_NS
+from kubeharness.emulators.cri.shell.interp import APPLET_NAMES, start
 from kubeharness.emulators.cri.validate import require_id
 from kubeharness.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, KubeharnessError
 from kubeharness.wire.cri import api_pb2 as cri
@@ -103,6 +107,11 @@ async def exec_sync(rt: Runtime, req: cri.ExecSyncRequest) -> cri.ExecSyncRespon
     if req.timeout < 0:
         raise InvalidArgument(f"timeout must not be negative, got {req.timeout}")
     process = _running_process(rt, req.container_id)
+    c = process.container
+    if _basename(req.cmd[0]) != HELPER and _basename(req.cmd[0]) in APPLET_NAMES and rootfs.has_shell(
+        rt.images.resolve(c.image_id)
+    ):
+        return await _exec_in_shell(rt, c, list(req.cmd), req.timeout)
     result = interpret(req.cmd, process, rt.clock.now_ns())
     if result.sleep_ns:
         timed_out = bool(req.timeout) and result.sleep_ns > req.timeout * NS
@@ -119,10 +128,63 @@ async def exec_sync(rt: Runtime, req: cri.ExecSyncRequest) -> cri.ExecSyncRespon
     )
 
 
+async def _exec_in_shell(rt: Runtime, c: Container, argv: list[str], timeout_s: int) -> cri.ExecSyncResponse:
+    """Run an exec in the shell interpreter on the container's filesystem, on the clock."""
+    out, err = _Capture(), _Capture()
+    program = start(argv, rt.machine(c, rt.next_exec_pid(c), out.write, err.write))
+    deadline = rt.clock.now_ns() + timeout_s * NS if timeout_s else None
+    try:
+        while True:
+            try:
+                wait = program.send(None)
+            except StopIteration as stop:
+                return cri.ExecSyncResponse(stdout=out.data(), stderr=err.data(), exit_code=int(stop.value) & 0xFF)
+            now = rt.clock.now_ns()
+            until = wait.until_ns
+            if until is not None and until <= now:  # preempted in a loop that never waits
+                until = now + BUSY_SLICE_NS
+            if deadline is not None and (until is None or until > deadline):
+                if await _container_exits_within(rt, c, (deadline - now) / NS):
+                    return cri.ExecSyncResponse(stdout=out.data(), stderr=err.data(), exit_code=137)
+                raise DeadlineExceeded(
+                    f"failed to exec in container: timeout {timeout_s}s exceeded: context deadline exceeded"
+                )
+            seconds = (until - now) / NS if until is not None else math.inf
+            if await _container_exits_within(rt, c, seconds):
+                # the container's init died: the kernel kills everything in its PID namespace, the exec too
+                return cri.ExecSyncResponse(stdout=out.data(), stderr=err.data(), exit_code=137)
+    finally:
+        program.close()
+
+
+class _Capture:
+    """An exec's stdout or stderr, kept up to the size the kubelet accepts."""
+
+    LIMIT = 16 * 1024 * 1024
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def write(self, data: bytes) -> None:
+        room = self.LIMIT - len(self._buffer)
+        if room > 0:
+            self._buffer += data[:room]
+
+    def data(self) -> bytes:
+        return bytes(self._buffer)
+
+
 async def _container_exits_within(rt: Runtime, c: Container, seconds: float) -> bool:
-    """Wait ``seconds`` of clock time, or less if the container exits first; True if it did."""
-    sleeper = asyncio.ensure_future(rt.clock.sleep(seconds))
+    """Wait ``seconds`` of clock time (inf: forever), or less if the container exits first; True if it did."""
     exited = rt.wait_exited(c)
+    if math.isinf(seconds):
+        try:
+            await exited
+            return True
+        finally:
+            if not exited.done():
+                rt.stop_waiting(c, exited)
+    sleeper = asyncio.ensure_future(rt.clock.sleep(seconds))
     try:
         await asyncio.wait((sleeper, exited), return_when=asyncio.FIRST_COMPLETED)
         return exited.done() and not exited.cancelled()

@@ -40,8 +40,12 @@ DEFAULT_CATALOG: list[dict[str, Any]] = [
     {"ref": "registry.k8s.io/pause:3.10", "size_bytes": 320_368, "kind": "pause", "entrypoint": ["/pause"],
      "user": "65535"},
     {"refs": ["docker.io/library/busybox:1.36", "docker.io/library/busybox:latest"], "size_bytes": 2_155_000,
-     "cmd": ["sh"], "user": "0"},
-    {"ref": "kubeharness.test/khelper:1", "size_bytes": 1_800_000, "entrypoint": ["/khelper"], "user": "0"},
+     "cmd": ["sh"], "user": "0", "kind": "busybox"},
+    # the test image: the helper on a busybox-static base, so exec probes can use the shell too
+    {"ref": "kubeharness.test/khelper:1", "size_bytes": 1_800_000, "entrypoint": ["/khelper"], "user": "0",
+     "kind": "busybox"},
+    # an opaque program (no shell, no files): runs until stopped, dies of SIGTERM (143)
+    {"ref": "kubeharness.test/app:1", "size_bytes": 5_000_000, "entrypoint": ["/app"], "user": "0"},
     {"ref": "kubeharness.test/big:1", "size_bytes": 1024**3, "entrypoint": ["/khelper"]},
     {"ref": "kubeharness.test/private:1", "size_bytes": 1_800_000, "entrypoint": ["/khelper"],
      "auth": {"username": "kubeharness", "password": "secret"}},
@@ -106,6 +110,9 @@ class CatalogImage:
     missing: bool = False
 
 
+# "": an opaque program (its command runs as the behaviour vocabulary says); "busybox": a busybox file
+# layout whose commands the shell subset interprets; "pause": the pause image.
+IMAGE_KINDS = frozenset({"", "busybox", "pause"})
 _ENTRY_KEYS = {"ref", "refs", "size_bytes", "pull_delay_ms", "entrypoint", "cmd", "user", "kind", "auth",
                "missing", "id", "digest"}
 
@@ -128,6 +135,8 @@ def _entry(raw: Any, index: int) -> CatalogImage:
         value = raw.get(key, [])
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise InvalidArgument(f"{where}: {key} must be a list of strings")
+    if raw.get("kind", "") not in IMAGE_KINDS:
+        raise InvalidArgument(f"{where}: kind must be one of {sorted(IMAGE_KINDS)}, not {raw.get('kind')!r}")
     auth = raw.get("auth")
     if auth is not None and not (isinstance(auth, dict) and {"username", "password"} <= set(auth)):
         raise InvalidArgument(f"{where}: auth needs username and password")

@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from kubeharness import __version__
 from kubeharness.clock import Clock
-from kubeharness.emulators.cri.behaviour import Behaviour, behaviour_for, command_line
+from kubeharness.emulators.cri import rootfs
+from kubeharness.emulators.cri.behaviour import HELPER, Behaviour, behaviour_for, command_line
 from kubeharness.emulators.cri.config import CriConfig
 from kubeharness.emulators.cri.events import EventHub
 from kubeharness.emulators.cri.images import DEFAULT_CATALOG, Catalog, LocalImage, normalize_ref
@@ -27,6 +28,9 @@ from kubeharness.emulators.cri.logs import ContainerLog
 from kubeharness.emulators.cri.model import Container, Sandbox
 from kubeharness.emulators.cri.network import IpPool
 from kubeharness.emulators.cri.process import Exit, Process
+from kubeharness.emulators.cri.scripted import ScriptedProcess
+from kubeharness.emulators.cri.shell.interp import APPLET_NAMES, Machine
+from kubeharness.emulators.cri.shell.vfs import Vfs
 from kubeharness.emulators.cri.store import NameIndex, Store
 from kubeharness.emulators.cri.views import container_status, container_summary, sandbox_status, sandbox_summary
 from kubeharness.errors import InvalidArgument
@@ -67,6 +71,8 @@ class Runtime:
         self.image_fs_dir = state_dir / "snapshots"  # where the image filesystem "lives"
         self.image_fs_dir.mkdir(parents=True, exist_ok=True)
         self._exit_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self.filesystems: dict[str, Vfs] = {}  # scripted containers' filesystems by container id
+        self._exec_pids: dict[str, int] = {}  # the last PID given to an exec, by container id
         self._min_tick_ns = min_tick_ns
         self._preload()
 
@@ -145,6 +151,9 @@ class Runtime:
         self.journal.delete("container", c.id)
         self.containers.delete(c.id)
         self.container_list.drop(c.id)
+        self.filesystems.pop(c.id, None)
+        self._exec_pids.pop(c.id, None)
+        rootfs.remove_layer(self.state_dir, c.id)
         self.by_sandbox.get(c.sandbox_id, {}).pop(c.id, None)
         self.names.release(c.name)
 
@@ -164,19 +173,84 @@ class Runtime:
         """Bytes in the container's writable layer: written at start, kept until the container is removed."""
         if not c.started_ns:
             return 0
+        if self.scripted(c):
+            return self.filesystem(c).upper_bytes()
         process = self.processes.get(c.id)
         return process.writable_bytes() if process is not None else int(self.behaviour_of(c).disk_mib * 1024 * 1024)
 
+    def argv_of(self, c: Container) -> list[str]:
+        image = self.images.resolve(c.image_id)
+        return command_line(c.config.command, c.config.args, image.entrypoint if image else [],
+                            image.cmd if image else [])
+
+    def scripted(self, c: Container) -> bool:
+        """Whether the shell interpreter runs this container: a busybox-like image, not the helper or pause."""
+        image = self.images.resolve(c.image_id)
+        if not rootfs.has_shell(image) or self.behaviour_of(c).kind == "pause":
+            return False
+        argv = self.argv_of(c)
+        return not argv or argv[0].rsplit("/", 1)[-1] != HELPER
+
+    def unstartable(self, c: Container) -> str | None:
+        """The program a scripted container names that its filesystem lacks (runc would fail to exec it)."""
+        if not self.scripted(c):
+            return None
+        argv = self.argv_of(c)
+        if not argv:
+            return ""
+        program = argv[0]
+        if "/" in program:
+            return None if self.filesystem(c).exists(program) else program
+        return None if program in APPLET_NAMES else program
+
+    def filesystem(self, c: Container) -> Vfs:
+        """The container's filesystem, shared by its main process and its execs."""
+        fs = self.filesystems.get(c.id)
+        if fs is None:
+            sb = self.sandboxes.get(c.sandbox_id)
+            fs = self.filesystems[c.id] = rootfs.filesystem(self.state_dir, c, sb, self.clock.now_ns)
+        return fs
+
+    def machine(self, c: Container, pid: int, stdout: Callable[[bytes], None],
+                stderr: Callable[[bytes], None]) -> Machine:
+        """What a command run in ``c`` (its main process or an exec) sees."""
+        def missing(what: str) -> None:
+            log.warning("container %s (%s): the shell subset lacks %s", c.id[:12], c.config.metadata.name, what)
+
+        sb = self.sandboxes.get(c.sandbox_id)
+        image = self.images.resolve(c.image_id)
+        return rootfs.machine(c, sb, image, self.filesystem(c), pid, self.clock.now_ns, stdout, stderr, missing)
+
+    def next_exec_pid(self, c: Container) -> int:
+        self._exec_pids[c.id] = pid = self._exec_pids.get(c.id, 100) + 1
+        return pid
+
     def start_process(self, c: Container) -> Process:
-        process = Process(
-            c,
-            self.behaviour_of(c),
-            self.clock,
-            ContainerLog(c.log_path),
-            on_exit=self._process_exited,
-            on_progress=self.save_container,
-            min_tick_ns=self._min_tick_ns,
-        )
+        process: Process
+        if self.scripted(c):
+            siblings = sum(1 for other in self.containers_of(c.sandbox_id) if other.started_ns and other.id != c.id)
+            pid = rootfs.main_pid(c, siblings)
+            process = ScriptedProcess(
+                c,
+                Behaviour(kind="script", ignore_sigterm=True),  # signals go to the program itself
+                self.clock,
+                ContainerLog(c.log_path),
+                on_exit=self._process_exited,
+                on_progress=self.save_container,
+                argv=self.argv_of(c),
+                machine=lambda out, err: self.machine(c, pid, out, err),
+                min_tick_ns=self._min_tick_ns,
+            )
+        else:
+            process = Process(
+                c,
+                self.behaviour_of(c),
+                self.clock,
+                ContainerLog(c.log_path),
+                on_exit=self._process_exited,
+                on_progress=self.save_container,
+                min_tick_ns=self._min_tick_ns,
+            )
         self.processes[c.id] = process
         process.start()
         return process
