@@ -191,8 +191,10 @@ async def test_pid_1_without_a_trap_ignores_sigterm(cri: CriHarness) -> None:
     assert (status.exit_code, status.finished_at) == (137, stop_at + 10 * NS)
 
 
-async def test_an_unknown_command_in_a_script_exits_127(cri: CriHarness) -> None:
+async def test_an_unknown_command_in_a_script_exits_127(cri: CriHarness, caplog: pytest.LogCaptureFixture) -> None:
     _, cid, _ = await start_busybox(cri, "echo before; frobnicate --now; echo after $?; exit 127")
+    # the gap is visible in the emulator's own log, naming the container and what was missing
+    assert any("frobnicate" in r.getMessage() and "lacks" in r.getMessage() for r in caplog.records)
     status = await cri.status(cid)
     assert (status.state, status.exit_code, status.reason) == (api.CONTAINER_EXITED, 127, "Error")
     entries = [(stream, text) for _, stream, _, text in log_entries(status)]
