@@ -78,6 +78,7 @@ class TimedClient:
     """The CRI runtime and image services of one channel, with every call timed into a Recorder."""
 
     def __init__(self, channel: grpc.aio.Channel, recorder: Recorder, timeout_s: float) -> None:
+        self.channel = channel
         self.runtime = api_grpc.RuntimeServiceStub(channel)
         self.images = api_grpc.ImageServiceStub(channel)
         self.recorder = recorder

@@ -292,12 +292,23 @@ class CriBench:
 
 
 async def list_once(client: TimedClient, rpc: str) -> int | None:
-    """One unfiltered List call: how many items it returned, None if it failed."""
+    """One unfiltered List call: how many items it returned, None if it failed.
+
+    The call is timed until the whole answer has arrived; decoding it (tens of milliseconds for 8 MiB
+    in Python, the client's cost, not the runtime's) happens after the clock has stopped.
+    """
     if rpc == "ListContainers":
-        containers = await client.call(rpc, client.runtime.ListContainers, api.ListContainersRequest())
-        return None if containers is None else len(containers.containers)
-    sandboxes = await client.call(rpc, client.runtime.ListPodSandbox, api.ListPodSandboxRequest())
-    return None if sandboxes is None else len(sandboxes.items)
+        request: Any = api.ListContainersRequest()
+        decode: Any = lambda data: len(api.ListContainersResponse.FromString(data).containers)  # noqa: E731
+    else:
+        request = api.ListPodSandboxRequest()
+        decode = lambda data: len(api.ListPodSandboxResponse.FromString(data).items)  # noqa: E731
+    undecoded = client.channel.unary_unary(
+        f"/runtime.v1.RuntimeService/{rpc}", request_serializer=type(request).SerializeToString,
+        response_deserializer=None,
+    )
+    data = await client.call(rpc, undecoded, request)
+    return None if data is None else int(decode(data))
 
 
 def first_failure(recorder: Recorder) -> str:

@@ -77,7 +77,8 @@ def phase_lines(phase: PhaseResult) -> list[str]:
 def live_lines(live: LiveResult, memory: Mapping[str, ProcSample]) -> list[str]:
     pods = live.populate.outcome.ok
     repeats = live.lists[0].summary.count if live.lists else 0
-    lines = [f"List* with {pods:,} live pods, no filter, serially: a first call (last column), then {repeats} more:"]
+    lines = [f"List* with {pods:,} live pods, no filter, serially: a first call (last column), then {repeats} more",
+             "(timed until the whole answer has arrived; the client decodes it afterwards):"]
     lines += list_table(live.lists)
     for label, s in memory.items():
         if "live" in label:
