@@ -35,6 +35,7 @@ async def start_busybox(
     working_dir: str = "",
     run_as_user: int | None = None,
     attempt: int = 0,
+    pid_namespace: api.NamespaceMode = api.CONTAINER,
 ) -> tuple[str, str, api.PodSandboxConfig]:
     """(sandbox id, container id, sandbox config) of a started busybox container running ``sh -c script``."""
     if sandbox is None:
@@ -56,7 +57,7 @@ async def start_busybox(
         working_dir=working_dir,
         log_path=f"{container}/{attempt}.log",
     )
-    config.linux.security_context.namespace_options.pid = api.CONTAINER
+    config.linux.security_context.namespace_options.pid = pid_namespace
     if run_as_user is not None:
         config.linux.security_context.run_as_user.value = run_as_user
     request = api.CreateContainerRequest(pod_sandbox_id=sid, config=config, sandbox_config=cfg)
@@ -189,6 +190,16 @@ async def test_pid_1_without_a_trap_ignores_sigterm(cri: CriHarness) -> None:
     await stop(cri, cid, 10)
     status = await cri.status(cid)
     assert (status.exit_code, status.finished_at) == (137, stop_at + 10 * NS)
+
+
+async def test_a_shell_that_is_not_pid_1_dies_of_sigterm_with_143(cri: CriHarness) -> None:
+    # sharing the pod's PID namespace, the pause process is PID 1 and the shell gets default signal actions
+    _, cid, _ = await start_busybox(cri, "while true; do sleep 1; done", pid_namespace=api.POD)
+    await cri.clock.advance(3)
+    stop_at = cri.clock.now_ns()
+    await stop(cri, cid, 30)
+    status = await cri.status(cid)
+    assert (status.exit_code, status.reason, status.finished_at) == (143, "Error", stop_at)
 
 
 async def test_an_unknown_command_in_a_script_exits_127(cri: CriHarness, caplog: pytest.LogCaptureFixture) -> None:
