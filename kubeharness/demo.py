@@ -3,7 +3,8 @@
 It is the quick look a newcomer gets: the emulator runs as its own process on a unix socket, and
 everything here goes through the CRI exactly as kubelet would send it: pull, run sandbox, create,
 start, exec probe, stats, crash and restart by recreation, OOM kill, a stop that must escalate to
-SIGKILL, log rotation, and clean-up, with the container event stream printed alongside.
+SIGKILL, log rotation, a busybox one-liner with a file-based liveness probe, and clean-up, with the
+container event stream printed alongside.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -58,20 +60,23 @@ class Demo:
         return sid, cfg
 
     async def container(self, sid: str, cfg: api.PodSandboxConfig, name: str, args: list[str],
-                        attempt: int = 0, memory_limit: int = 0) -> str:
+                        attempt: int = 0, memory_limit: int = 0, image: str = IMAGE,
+                        command: list[str] | None = None) -> str:
         config = api.ContainerConfig(
             metadata=api.ContainerMetadata(name=name, attempt=attempt),
-            image=api.ImageSpec(image=IMAGE),
+            image=api.ImageSpec(image=image),
+            command=command or [],
             args=args,
             log_path=f"{name}/{attempt}.log",
         )
+        config.linux.security_context.namespace_options.pid = api.CONTAINER  # its own PID 1, as kubelet asks
         if memory_limit:
             config.linux.resources.memory_limit_in_bytes = memory_limit
         request = api.CreateContainerRequest(pod_sandbox_id=sid, config=config, sandbox_config=cfg)
         cid = (await self.rt.CreateContainer(request)).container_id
         self.names[cid] = f"{cfg.metadata.name}/{name}#{attempt}"
         await self.rt.StartContainer(api.StartContainerRequest(container_id=cid))
-        self.say(f"  {self.names[cid]:<20} started: khelper {' '.join(args)}")
+        self.say(f"  {self.names[cid]:<20} started: {shlex.join(command or ['khelper', *args])}")
         return cid
 
     async def status(self, cid: str) -> api.ContainerStatus:
@@ -150,8 +155,26 @@ class Demo:
         await self.rt.StopContainer(api.StopContainerRequest(container_id=stubborn, timeout=1))
         await self.report(stubborn)
 
-        self.say("\n8. stop and remove every pod")
-        for sid in (web_sid, job_sid, crash_sid, hog_sid):
+        self.say("\n8. a busybox one-liner with the liveness-probe pattern, run by the shell subset")
+        await self.img.PullImage(api.PullImageRequest(image=api.ImageSpec(image="busybox:1.36")))
+        sh_sid, sh_cfg = await self.sandbox("shell")
+        script = "echo hello from sh; touch /tmp/healthy; sleep 1; rm /tmp/healthy; echo removed it; sleep 600"
+        shell = await self.container(sh_sid, sh_cfg, "probe", [], image="busybox:1.36",
+                                     command=["sh", "-c", script])
+        for _ in range(2):
+            probe = await self.rt.ExecSync(api.ExecSyncRequest(container_id=shell, cmd=["cat", "/tmp/healthy"],
+                                                               timeout=1))
+            said = probe.stderr.decode().strip() or "(the file is there)"
+            self.say(f"  cat /tmp/healthy -> exit {probe.exit_code} {said}")
+            await asyncio.sleep(1.2)
+        for line in _lines((await self.status(shell)).log_path):
+            self.say(f"  log: {line}")
+        self.say("  stop with a 1 s grace period: sh is PID 1 without a trap, so SIGTERM is ignored")
+        await self.rt.StopContainer(api.StopContainerRequest(container_id=shell, timeout=1))
+        await self.report(shell)
+
+        self.say("\n9. stop and remove every pod")
+        for sid in (web_sid, job_sid, crash_sid, hog_sid, sh_sid):
             await self.rt.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=sid))
             await self.rt.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=sid))
         left = await self.rt.ListPodSandbox(api.ListPodSandboxRequest())
