@@ -3,6 +3,7 @@
     kubeharness cri serve --socket PATH --state-dir DIR [--config FILE]
     kubeharness bench cri [--endpoint unix://PATH] [--cycles N] [--concurrency K] [--live-pods N] [--json FILE]
     kubeharness bench shell [--containers N] [--seconds S]
+    kubeharness env up|down|status [--run-dir DIR] [--registry-port N]
     kubeharness demo
 """
 
@@ -39,6 +40,22 @@ def _bench_shell(args: argparse.Namespace) -> int:
     from kubeharness.bench.shell import main as shell_main
 
     return shell_main(args)
+
+
+def _env(args: argparse.Namespace) -> int:
+    from kubeharness.env import manage
+
+    run_dir = Path(args.run_dir)
+    if args.action == "up":
+        state = manage.up(run_dir, args.registry_port)
+        print(state.socket)
+    elif args.action == "down":
+        for what in manage.down(run_dir):
+            print(f"cleaned up by force: {what}")
+    else:
+        for key, value in manage.status(run_dir).items():
+            print(f"{key:<11} {value}")
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -80,6 +97,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench_shell.add_argument("--containers", type=int, default=1000, help="containers running the log loop")
     bench_shell.add_argument("--seconds", type=float, default=60.0, help="virtual seconds to advance the clock")
     bench_shell.set_defaults(func=_bench_shell)
+
+    from kubeharness.env.layout import DEFAULT_REGISTRY_PORT, DEFAULT_RUN_DIR
+
+    env = sub.add_parser("env", help="real containerd and an image registry beside the emulators")
+    env_actions = env.add_subparsers(dest="action", required=True)
+    for action, text in (("up", "start (idempotent) and print the CRI socket"), ("down", "stop and clean up"),
+                         ("status", "what is running")):
+        one = env_actions.add_parser(action, help=text)
+        one.add_argument("--run-dir", default=str(DEFAULT_RUN_DIR), help="where every file of it lives")
+        if action == "up":
+            one.add_argument("--registry-port", type=int, default=DEFAULT_REGISTRY_PORT,
+                             help="port of the image registry on 127.0.0.1")
+        one.set_defaults(func=_env)
 
     demo = sub.add_parser("demo", help="start the emulators, run a few pods through their lifecycle, print it")
     demo.set_defaults(func=_demo)

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from kubeharness.clock import seconds_to_ns
 
 HELPER = "khelper"
+MAX_DURATION_NS = 2**62  # ~146 years: a longer duration means "never"
 CRI_MAX_LOG_LINE = 16 * 1024
 
 _DURATION = re.compile(r"^(?P<num>\d+(?:\.\d+)?)(?P<unit>ns|us|ms|s|m|h)?$")
@@ -74,7 +75,10 @@ def parse_duration_ns(text: str) -> int:
     match = _DURATION.match(text.strip())
     if not match:
         raise BehaviourError(f"invalid duration {text!r} (use e.g. 500ms, 2s, 1m)")
-    return seconds_to_ns(float(match["num"]) * _UNITS[match["unit"]])
+    seconds = float(match["num"]) * _UNITS[match["unit"]]
+    if not seconds * 1e9 < MAX_DURATION_NS:  # also inf: longer than anything runs is "never", as khelper does
+        return MAX_DURATION_NS
+    return seconds_to_ns(seconds)
 
 
 @dataclass(frozen=True)

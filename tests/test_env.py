@@ -1,0 +1,154 @@
+"""Real containerd beside the emulator: ``kubeharness env up`` starts it, pods really run, ``down`` cleans up.
+
+These tests start a docker-registry on a free loopback port and containerd under a temporary run
+directory (root and the Debian packages of ci/setup-env are required; CI installs them). All tests of
+this module share one environment and run on one xdist worker (group "containerd").
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from kubeharness.env import manage
+from kubeharness.env.layout import EnvPaths, EnvState
+from kubeharness.env.tools import EnvError
+from kubeharness.wire.cri import api_pb2 as api
+from kubeharness.wire.cri import api_pb2_grpc as api_grpc
+
+pytestmark = pytest.mark.xdist_group("containerd")
+
+KHELPER = "kubeharness.test/khelper:1"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def kubeharness(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kubeharness.cli", *args], capture_output=True, text=True,
+                          timeout=600, check=False)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    run_dir = tmp_path_factory.mktemp("env")
+    up = kubeharness("env", "up", "--run-dir", str(run_dir), "--registry-port", str(free_port()))
+    try:
+        assert up.returncode == 0, up.stderr
+        yield run_dir, up.stdout.strip()
+    finally:
+        down = kubeharness("env", "down", "--run-dir", str(run_dir))
+        assert down.returncode == 0, down.stderr
+
+
+@pytest.fixture
+def runtime(env: tuple[Path, str]) -> Iterator[api_grpc.RuntimeServiceStub]:
+    with grpc.insecure_channel(env[1]) as channel:
+        yield api_grpc.RuntimeServiceStub(channel)
+
+
+def pull(endpoint: str, image: str) -> str:
+    with grpc.insecure_channel(endpoint) as channel:
+        reply = api_grpc.ImageServiceStub(channel).PullImage(
+            api.PullImageRequest(image=api.ImageSpec(image=image)), timeout=120
+        )
+    return reply.image_ref
+
+
+def test_up_prints_the_socket_of_a_real_containerd(env: tuple[Path, str], runtime: api_grpc.RuntimeServiceStub) -> None:
+    run_dir, endpoint = env
+    assert endpoint == f"unix://{EnvPaths(run_dir).socket}"
+    version = runtime.Version(api.VersionRequest(), timeout=10)
+    assert (version.runtime_name, version.runtime_api_version) == ("containerd", "v1")
+
+
+def test_up_again_finds_it_running(env: tuple[Path, str]) -> None:
+    run_dir, endpoint = env
+    before = EnvState.load(EnvPaths(run_dir))
+    again = kubeharness("env", "up", "--run-dir", str(run_dir), "--registry-port", str(before.registry_port))
+    assert (again.returncode, again.stdout.strip()) == (0, endpoint)
+    after = EnvState.load(EnvPaths(run_dir))
+    assert (after.containerd_pid, after.registry_pid) == (before.containerd_pid, before.registry_pid)
+
+
+def test_a_khelper_pod_really_runs_logs_and_exits(env: tuple[Path, str], runtime: api_grpc.RuntimeServiceStub,
+                                                  tmp_path: Path) -> None:
+    _, endpoint = env
+    pull(endpoint, KHELPER)
+    sandbox = api.PodSandboxConfig(
+        metadata=api.PodSandboxMetadata(name="real", namespace="default", uid="real-uid"),
+        log_directory=str(tmp_path / "logs"),
+    )
+    sid = runtime.RunPodSandbox(api.RunPodSandboxRequest(config=sandbox), timeout=60).pod_sandbox_id
+    try:
+        status = runtime.PodSandboxStatus(api.PodSandboxStatusRequest(pod_sandbox_id=sid), timeout=10).status
+        assert status.state == api.SANDBOX_READY
+        assert status.network.ip.startswith("10.244.77.")  # from the bridge network, inside its namespace
+        config = api.ContainerConfig(
+            metadata=api.ContainerMetadata(name="helper"),
+            image=api.ImageSpec(image=KHELPER),
+            args=["--log-rate=10", "--ready-after=1s", "--exit-after=2s", "--exit-code=3"],
+            log_path="helper/0.log",
+        )
+        request = api.CreateContainerRequest(pod_sandbox_id=sid, config=config, sandbox_config=sandbox)
+        cid = runtime.CreateContainer(request, timeout=30).container_id
+        runtime.StartContainer(api.StartContainerRequest(container_id=cid), timeout=30)
+        probe = runtime.ExecSync(api.ExecSyncRequest(container_id=cid, cmd=["khelper", "check", "ready"], timeout=5),
+                                 timeout=10)
+        assert probe.exit_code == 1  # not ready during its first second
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            state = runtime.ContainerStatus(api.ContainerStatusRequest(container_id=cid), timeout=10).status
+            if state.state == api.CONTAINER_EXITED:
+                break
+            time.sleep(0.2)
+        assert (state.state, state.exit_code, state.reason) == (api.CONTAINER_EXITED, 3, "Error")
+        lines = Path(state.log_path).read_text().splitlines()
+        assert lines[0].endswith(" stdout F line 1")
+        assert 15 <= len(lines) <= 21  # 10 lines a second for 2 s, written by a real process
+    finally:
+        runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=sid), timeout=60)
+        runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=sid), timeout=60)
+
+
+def test_a_taken_registry_port_is_named(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = int(taken.getsockname()[1])
+        with pytest.raises(EnvError, match=f"port {port} on 127.0.0.1 is taken"):
+            manage.up(tmp_path / "other", port)
+
+
+def test_down_leaves_no_shims_mounts_namespaces_or_bridge(env: tuple[Path, str],
+                                                          runtime: api_grpc.RuntimeServiceStub) -> None:
+    # runs last in this module: take the environment down with a pod still running, then look for leftovers
+    run_dir, _ = env
+    paths = EnvPaths(run_dir)
+    sandbox = api.PodSandboxConfig(metadata=api.PodSandboxMetadata(name="left", namespace="default", uid="left"))
+    sid = runtime.RunPodSandbox(api.RunPodSandboxRequest(config=sandbox), timeout=60).pod_sandbox_id
+    verbose = runtime.PodSandboxStatus(api.PodSandboxStatusRequest(pod_sandbox_id=sid, verbose=True), timeout=10)
+    netns = manage.netns_of(verbose.info["info"])
+    assert Path(netns).exists() and manage.shims_of(paths.socket) and manage.bridge_exists()
+    state = EnvState.load(paths)
+    down = kubeharness("env", "down", "--run-dir", str(run_dir))
+    assert down.returncode == 0, down.stderr
+    assert "cleaned up by force" not in down.stdout  # everything went away the orderly way
+    assert not manage.alive(state.containerd_pid, "containerd")
+    assert not manage.alive(state.registry_pid, "docker-registry")
+    assert manage.shims_of(paths.socket) == []
+    assert manage.mounts_below(run_dir) == []
+    assert not Path(netns).exists()
+    assert not manage.bridge_exists()
+    rules = subprocess.run(["iptables-save"], capture_output=True, text=True, check=False).stdout
+    assert "CNI" not in rules
