@@ -93,7 +93,8 @@ def test_a_khelper_pod_really_runs_logs_and_exits(env: tuple[Path, str], runtime
     try:
         status = runtime.PodSandboxStatus(api.PodSandboxStatusRequest(pod_sandbox_id=sid), timeout=10).status
         assert status.state == api.SANDBOX_READY
-        assert status.network.ip.startswith("10.244.77.")  # from the bridge network, inside its namespace
+        subnet_prefix = EnvPaths(env[0]).pod_subnet.rsplit(".", 2)[0]
+        assert status.network.ip.startswith(subnet_prefix + ".")  # from the bridge network, inside its namespace
         config = api.ContainerConfig(
             metadata=api.ContainerMetadata(name="helper"),
             image=api.ImageSpec(image=KHELPER),
@@ -139,7 +140,7 @@ def test_down_leaves_no_shims_mounts_namespaces_or_bridge(env: tuple[Path, str],
     sid = runtime.RunPodSandbox(api.RunPodSandboxRequest(config=sandbox), timeout=60).pod_sandbox_id
     verbose = runtime.PodSandboxStatus(api.PodSandboxStatusRequest(pod_sandbox_id=sid, verbose=True), timeout=10)
     netns = manage.netns_of(verbose.info["info"])
-    assert Path(netns).exists() and manage.shims_of(paths.socket) and manage.bridge_exists()
+    assert Path(netns).exists() and manage.shims_of(paths.socket) and manage.bridge_exists(paths)
     state = EnvState.load(paths)
     down = kubeharness("env", "down", "--run-dir", str(run_dir))
     assert down.returncode == 0, down.stderr
@@ -149,6 +150,6 @@ def test_down_leaves_no_shims_mounts_namespaces_or_bridge(env: tuple[Path, str],
     assert manage.shims_of(paths.socket) == []
     assert manage.mounts_below(run_dir) == []
     assert not Path(netns).exists()
-    assert not manage.bridge_exists()
+    assert not manage.bridge_exists(paths)
     rules = subprocess.run(["iptables-save"], capture_output=True, text=True, check=False).stdout
     assert "CNI" not in rules

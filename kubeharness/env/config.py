@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 
 from kubeharness.env.images import MIRRORED_REGISTRIES
-from kubeharness.env.layout import BRIDGE, POD_SUBNET, EnvPaths
+from kubeharness.env.layout import EnvPaths
 
 CRI = 'plugins."io.containerd.grpc.v1.cri"'
 
@@ -52,18 +52,23 @@ def containerd_toml(paths: EnvPaths, registry: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def cni_conflist() -> str:
+def cni_conflist(paths: EnvPaths) -> str:
     network = {
         "cniVersion": "1.0.0",
-        "name": "kubeharness",
+        "name": paths.network,
         "plugins": [
             {
                 "type": "bridge",
-                "bridge": BRIDGE,
+                "bridge": paths.bridge,
                 "isGateway": True,
                 "ipMasq": False,
                 "hairpinMode": True,
-                "ipam": {"type": "host-local", "ranges": [[{"subnet": POD_SUBNET}]], "routes": [{"dst": "0.0.0.0/0"}]},
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": paths.pod_subnet}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                    "dataDir": str(paths.root / "cni-ipam"),  # host-local's leases stay in the run directory
+                },
             },
         ],
     }

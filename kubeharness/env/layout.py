@@ -1,11 +1,14 @@
 """Where an environment lives: one run directory holds every file, socket and log of it.
 
 Nothing is written outside the run directory except what containerd and the CNI plugins put in the
-kernel (mounts, network namespaces, the bridge); ``down`` removes those by name.
+kernel (mounts, network namespaces, the bridge); ``down`` removes those by name. Each run directory
+gets its own bridge, CNI network name and pod subnet (derived from its path), so environments do not
+share anything.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -13,8 +16,6 @@ from typing import Any
 
 DEFAULT_RUN_DIR = Path("/var/lib/kubeharness/env")
 DEFAULT_REGISTRY_PORT = 5055
-BRIDGE = "khbr0"
-POD_SUBNET = "10.244.77.0/24"  # exists only inside the network namespaces containerd creates
 
 
 @dataclass
@@ -22,6 +23,24 @@ class EnvPaths:
     """Every path of one environment, below ``root``."""
 
     root: Path
+
+    @property
+    def _tag(self) -> int:
+        """A number derived from the run directory, so that two environments get distinct networks."""
+        return int(hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:8], 16)
+
+    @property
+    def bridge(self) -> str:
+        return f"khbr{self._tag % 100000:05d}"
+
+    @property
+    def network(self) -> str:
+        return f"kubeharness-{self._tag % 100000:05d}"
+
+    @property
+    def pod_subnet(self) -> str:
+        """Exists only on the bridge and inside the network namespaces this environment's containerd creates."""
+        return f"10.244.{20 + self._tag % 200}.0/24"
 
     @property
     def state_file(self) -> Path:

@@ -26,7 +26,7 @@ import grpc
 
 from kubeharness.env import config
 from kubeharness.env.images import build_and_push
-from kubeharness.env.layout import BRIDGE, EnvPaths, EnvState
+from kubeharness.env.layout import EnvPaths, EnvState
 from kubeharness.env.tools import EnvError, missing_tools, run
 from kubeharness.wire.cri import api_pb2 as api
 from kubeharness.wire.cri import api_pb2_grpc as api_grpc
@@ -146,7 +146,7 @@ def up(run_dir: Path, registry_port: int) -> EnvState:
     if not alive(state.containerd_pid, "containerd"):
         paths.containerd_dir.mkdir(parents=True, exist_ok=True)
         paths.cni_conf_dir.mkdir(parents=True, exist_ok=True)
-        (paths.cni_conf_dir / "10-kubeharness.conflist").write_text(config.cni_conflist())
+        (paths.cni_conf_dir / "10-kubeharness.conflist").write_text(config.cni_conflist(paths))
         paths.containerd_config.write_text(config.containerd_toml(paths, registry))
         if paths.socket.exists():
             paths.socket.unlink()
@@ -230,8 +230,8 @@ def mounts_below(root: Path) -> list[str]:
     return sorted(points, key=len, reverse=True)
 
 
-def bridge_exists() -> bool:
-    return Path(f"/sys/class/net/{BRIDGE}").exists()
+def bridge_exists(paths: EnvPaths) -> bool:
+    return Path(f"/sys/class/net/{paths.bridge}").exists()
 
 
 def down(run_dir: Path) -> list[str]:
@@ -255,8 +255,8 @@ def down(run_dir: Path) -> list[str]:
             forced.append(f"netns {path}")
             subprocess.run(["umount", path], capture_output=True, check=False)
             Path(path).unlink(missing_ok=True)
-    if bridge_exists():
-        run(["ip", "link", "delete", BRIDGE], what=f"deleting the bridge {BRIDGE}")
+    if bridge_exists(paths):
+        run(["ip", "link", "delete", paths.bridge], what=f"deleting the bridge {paths.bridge}")
     _stop(state.registry_pid, "docker-registry")
     state.containerd_pid = state.registry_pid = 0
     state.socket = ""
@@ -276,5 +276,5 @@ def status(run_dir: Path) -> dict[str, str]:
         "socket": state.socket or "-",
         "shims": str(len(shims_of(paths.socket))),
         "mounts": str(len(mounts_below(paths.root))) if paths.root.exists() else "0",
-        "bridge": BRIDGE if bridge_exists() else "none",
+        "bridge": paths.bridge if bridge_exists(paths) else "none",
     }
