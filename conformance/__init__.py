@@ -1,0 +1,1 @@
+"""The CRI conformance specs (run them with ``pytest conformance``; see conftest.py)."""
