@@ -94,8 +94,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
-        entry = _RESULTS.setdefault(report.nodeid, {"outcome": report.outcome, "observed": {}})
-        entry["outcome"] = report.outcome
+        outcome = "known difference" if hasattr(report, "wasxfail") else report.outcome
+        entry = _RESULTS.setdefault(report.nodeid, {"outcome": outcome, "observed": {}})
+        entry["outcome"] = outcome
         for key, value in report.user_properties:
             if key == "target":
                 entry["target"] = value
