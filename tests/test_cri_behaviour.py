@@ -396,17 +396,17 @@ async def test_exec_still_running_when_the_container_exits_is_killed_with_it(cri
         task.cancel()
 
 
-async def test_exec_in_a_container_that_is_not_running_is_failed_precondition(cri: CriHarness) -> None:
+async def test_exec_in_a_container_that_is_not_running_is_refused_as_containerd_does(cri: CriHarness) -> None:
     cfg = cri.sandbox_config()
     sid = await cri.run_sandbox(cfg)
     await cri.pull(HELPER_IMAGE)
     created = await cri.create(sid, cfg, name="created")
-    await expect_code(exec_sync(cri, created, ["true"]), grpc.StatusCode.FAILED_PRECONDITION)
+    await expect_code(exec_sync(cri, created, ["true"]), grpc.StatusCode.UNKNOWN)
     exited = await cri.create(sid, cfg, name="exited", args=["--exit-after=1s"])
     await cri.start_container(exited)
     await cri.clock.advance(1)
     assert (await cri.status(exited)).state == api.CONTAINER_EXITED
-    await expect_code(exec_sync(cri, exited, ["true"]), grpc.StatusCode.FAILED_PRECONDITION)
+    await expect_code(exec_sync(cri, exited, ["true"]), grpc.StatusCode.UNKNOWN)
 
 
 async def test_exec_bad_requests(cri: CriHarness) -> None:

@@ -199,12 +199,12 @@ async def test_sandbox_ip_is_stable_while_it_lives(cri: CriHarness) -> None:
     assert (await sandbox_status(cri, sid)).network.ip == ip
 
 
-async def test_run_pod_sandbox_with_the_same_metadata_is_already_exists_naming_the_holder(
+async def test_run_pod_sandbox_with_the_same_metadata_is_refused_naming_the_holder(
     cri: CriHarness,
 ) -> None:
     cfg = cri.sandbox_config(name="dup")
     first = await cri.run_sandbox(cfg)
-    details = await expect_code(cri.run_sandbox(cfg), grpc.StatusCode.ALREADY_EXISTS)
+    details = await expect_code(cri.run_sandbox(cfg), grpc.StatusCode.UNKNOWN)
     assert first in details
     assert await list_sandbox_ids(cri) == [first]
     # another attempt is another name
@@ -212,7 +212,7 @@ async def test_run_pod_sandbox_with_the_same_metadata_is_already_exists_naming_t
     assert second != first
     # a stopped sandbox still holds its name; a removed one frees it
     await stop_sandbox(cri, first)
-    await expect_code(cri.run_sandbox(cfg), grpc.StatusCode.ALREADY_EXISTS)
+    await expect_code(cri.run_sandbox(cfg), grpc.StatusCode.UNKNOWN)
     await remove_sandbox(cri, first)
     third = await cri.run_sandbox(cfg)
     assert third not in (first, second)
@@ -262,7 +262,7 @@ async def test_a_created_container_of_a_stopped_sandbox_cannot_start(cri: CriHar
     await cri.pull(HELPER_IMAGE)
     cid = await cri.create(sid, cfg)
     await stop_sandbox(cri, sid)
-    await expect_code(cri.start_container(cid), grpc.StatusCode.FAILED_PRECONDITION)
+    await expect_code(cri.start_container(cid), grpc.StatusCode.UNKNOWN)
     assert (await cri.status(cid)).state == api.CONTAINER_CREATED
 
 
@@ -478,25 +478,25 @@ async def test_stop_container_ignoring_sigterm_waits_the_timeout_on_the_clock_th
         api.CONTAINER_EXITED, 137, "Error", stop_at + 10 * NS)
 
 
-async def test_start_container_twice_and_after_exit_is_failed_precondition(cri: CriHarness) -> None:
+async def test_start_container_twice_and_after_exit_is_refused_as_containerd_does(cri: CriHarness) -> None:
     _, cid = await cri.run_container()
     started = (await cri.status(cid)).started_at
     await cri.clock.advance(1)
-    await expect_code(cri.start_container(cid), grpc.StatusCode.FAILED_PRECONDITION)
+    await expect_code(cri.start_container(cid), grpc.StatusCode.UNKNOWN)
     s = await cri.status(cid)
     assert (s.state, s.started_at) == (api.CONTAINER_RUNNING, started)
     await stop_container(cri, cid)
-    await expect_code(cri.start_container(cid), grpc.StatusCode.FAILED_PRECONDITION)
+    await expect_code(cri.start_container(cid), grpc.StatusCode.UNKNOWN)
     assert (await cri.status(cid)).state == api.CONTAINER_EXITED
     await expect_code(cri.start_container(UNKNOWN_ID), grpc.StatusCode.NOT_FOUND)
     await expect_code(cri.start_container(""), grpc.StatusCode.INVALID_ARGUMENT)
 
 
-async def test_create_container_in_a_stopped_sandbox_is_failed_precondition(cri: CriHarness) -> None:
+async def test_create_container_in_a_stopped_sandbox_is_not_found_as_containerd_answers(cri: CriHarness) -> None:
     sid, cfg = await helper_pod(cri)
     await cri.pull(HELPER_IMAGE)
     await stop_sandbox(cri, sid)
-    details = await expect_code(cri.create(sid, cfg), grpc.StatusCode.FAILED_PRECONDITION)
+    details = await expect_code(cri.create(sid, cfg), grpc.StatusCode.NOT_FOUND)
     assert sid in details
     assert await list_container_ids(cri) == []
 
@@ -523,11 +523,11 @@ async def test_create_container_with_an_image_not_pulled_is_not_found(cri: CriHa
     assert (await cri.status(cid)).image.image == "docker.io/library/busybox:1.36"
 
 
-async def test_container_name_conflict_is_already_exists_naming_the_holder(cri: CriHarness) -> None:
+async def test_container_name_conflict_is_refused_naming_the_holder(cri: CriHarness) -> None:
     sid, cfg = await helper_pod(cri)
     await cri.pull(HELPER_IMAGE)
     first = await cri.create(sid, cfg, name="app")
-    details = await expect_code(cri.create(sid, cfg, name="app"), grpc.StatusCode.ALREADY_EXISTS)
+    details = await expect_code(cri.create(sid, cfg, name="app"), grpc.StatusCode.UNKNOWN)
     assert first in details
     assert await list_container_ids(cri) == [first]
     # another attempt or another name is fine; so is the same name in another sandbox
@@ -538,7 +538,7 @@ async def test_container_name_conflict_is_already_exists_naming_the_holder(cri: 
     # an exited container still holds the name; a removed one frees it
     await cri.start_container(first)
     await stop_container(cri, first)
-    details = await expect_code(cri.create(sid, cfg, name="app"), grpc.StatusCode.ALREADY_EXISTS)
+    details = await expect_code(cri.create(sid, cfg, name="app"), grpc.StatusCode.UNKNOWN)
     assert first in details
     await remove_container(cri, first)
     again = await cri.create(sid, cfg, name="app")
@@ -889,6 +889,6 @@ async def test_idempotent_calls_and_failures_emit_no_events(cri: CriHarness, eve
     await stop_sandbox(cri, sid)
     await stop_sandbox(cri, UNKNOWN_ID)
     await remove_container(cri, UNKNOWN_ID)
-    await expect_code(cri.create(sid, cfg), grpc.StatusCode.FAILED_PRECONDITION)
-    await expect_code(cri.run_sandbox(cfg), grpc.StatusCode.ALREADY_EXISTS)
+    await expect_code(cri.create(sid, cfg), grpc.StatusCode.NOT_FOUND)
+    await expect_code(cri.run_sandbox(cfg), grpc.StatusCode.UNKNOWN)
     await events.nothing_pending()

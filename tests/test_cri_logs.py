@@ -251,13 +251,13 @@ async def test_reopen_twice_rotates_twice(cri: CriHarness) -> None:
     assert read_lines(path) == expected(started, range(5, 6), NS)
 
 
-async def test_reopen_of_a_container_that_is_not_running_is_failed_precondition(cri: CriHarness) -> None:
+async def test_reopen_of_a_container_that_is_not_running_is_refused_as_containerd_does(cri: CriHarness) -> None:
     cfg, sid, cid, _, _ = await start_in(cri, ["--log-rate=1"])
     await cri.runtime.StopContainer(api.StopContainerRequest(container_id=cid, timeout=0))
     assert (await cri.status(cid)).state == api.CONTAINER_EXITED
-    await expect_code(reopen(cri, cid), grpc.StatusCode.FAILED_PRECONDITION)
+    await expect_code(reopen(cri, cid), grpc.StatusCode.UNKNOWN)
     created = await cri.create(sid, cfg, name="created")
-    await expect_code(reopen(cri, created), grpc.StatusCode.FAILED_PRECONDITION)
+    await expect_code(reopen(cri, created), grpc.StatusCode.UNKNOWN)
 
 
 async def test_reopen_of_unknown_or_empty_id(cri: CriHarness) -> None:

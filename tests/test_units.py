@@ -21,7 +21,7 @@ from kubeharness.emulators.cri.images import normalize_ref
 from kubeharness.emulators.cri.logs import ContainerLog, encode_line, format_timestamp
 from kubeharness.emulators.cri.network import IpPool
 from kubeharness.emulators.cri.store import NameIndex, Store
-from kubeharness.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
+from kubeharness.errors import AlreadyExists, InvalidArgument, KubeharnessError, NotFound, ResourceExhausted
 from kubeharness.persist import Journal
 
 T0 = 1_767_225_600 * NS_PER_SECOND  # the virtual clock's default start, 2026-01-01T00:00:00Z
@@ -337,9 +337,11 @@ def test_name_index_reserve_and_release() -> None:
     names = NameIndex()
     names.reserve("web_default_uid_0", "id-1")
     names.reserve("web_default_uid_0", "id-1")  # the holder may reserve again
-    with pytest.raises(AlreadyExists) as info:
+    with pytest.raises(KubeharnessError) as info:  # UNKNOWN, in containerd's words
         names.reserve("web_default_uid_0", "id-2")
-    assert "id-1" in info.value.message
+    assert info.value.message == (
+        'failed to reserve sandbox name "web_default_uid_0": name "web_default_uid_0" is reserved for "id-1"'
+    )
     assert names.holder("web_default_uid_0") == "id-1"
     names.release("web_default_uid_0")
     names.release("web_default_uid_0")

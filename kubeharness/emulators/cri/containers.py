@@ -16,7 +16,7 @@ from kubeharness.emulators.cri.process import Exit
 from kubeharness.emulators.cri.runtime import Runtime
 from kubeharness.emulators.cri.validate import bounded, bounded_map, require_id, require_name, safe_relative
 from kubeharness.emulators.cri.views import container_status
-from kubeharness.errors import FailedPrecondition, InvalidArgument, KubeharnessError, NotFound
+from kubeharness.errors import InvalidArgument, KubeharnessError, NotFound
 from kubeharness.wire.cri import api_pb2 as cri
 
 START_ERROR_EXIT_CODE = 128  # containerd's exit code for a container whose process could not be started
@@ -50,14 +50,17 @@ async def create(rt: Runtime, req: cri.CreateContainerRequest) -> cri.CreateCont
 
     sb = rt.sandboxes.get(req.pod_sandbox_id)
     if not sb.ready:
-        raise FailedPrecondition(f"sandbox {sb.id} is not in ready state: cannot create a container in it")
+        # containerd 1.6: the sandbox's task is gone
+        raise NotFound(
+            f"failed to get sandbox container task: no running task found: task {sb.id} not found: not found"
+        )
     image = rt.images.resolve(cfg.image.image)
     if image is None:
         raise NotFound(f"failed to get image {cfg.image.image[:256]!r}: image not found; pull it first")
 
     container_id = rt.new_id()
     name = container_name(cfg.metadata, sb.config.metadata)
-    rt.names.reserve(name, container_id)
+    rt.names.reserve(name, container_id, kind="container")
     log_dir = sb.config.log_directory
     c = Container(
         id=container_id,
@@ -77,13 +80,13 @@ async def create(rt: Runtime, req: cri.CreateContainerRequest) -> cri.CreateCont
 async def start(rt: Runtime, req: cri.StartContainerRequest) -> cri.StartContainerResponse:
     require_id(req.container_id, "container_id")
     c = rt.containers.get(req.container_id)
-    if c.state != CREATED:
-        raise FailedPrecondition(
-            f"container {c.id} is in {STATE_NAMES[c.state]} state; only a created container can start"
+    if c.state != CREATED:  # containerd's words and code (UNKNOWN)
+        raise KubeharnessError(
+            f'failed to set starting state for container "{c.id}": container is in {STATE_NAMES[c.state]} state'
         )
     sb = rt.sandboxes.get(c.sandbox_id)
     if not sb.ready:
-        raise FailedPrecondition(f"sandbox {sb.id} of container {c.id} is not ready")
+        raise KubeharnessError(f'sandbox container "{sb.id}" is not running')
     missing = rt.unstartable(c)
     if missing is not None:
         # as containerd: the task cannot be created, the container ends as exited with StartError, 128
@@ -221,6 +224,6 @@ async def reopen_log(rt: Runtime, req: cri.ReopenContainerLogRequest) -> cri.Reo
     c = rt.containers.get(req.container_id)
     process = rt.processes.get(c.id)
     if c.state != RUNNING or process is None:
-        raise FailedPrecondition(f"container {c.id} is not running; only a running container's log can be reopened")
+        raise KubeharnessError("container is not running")  # containerd's words and code (UNKNOWN)
     process.reopen_log()
     return cri.ReopenContainerLogResponse()

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from kubeharness.emulators.cri import rootfs
 from kubeharness.emulators.cri.behaviour import HELPER, BehaviourError, parse_duration_ns
+from kubeharness.emulators.cri.containers import STATE_NAMES
 from kubeharness.emulators.cri.model import RUNNING, Container
 from kubeharness.emulators.cri.process import Process
 from kubeharness.emulators.cri.runtime import Runtime
@@ -87,7 +88,8 @@ def interpret(argv: Sequence[str], process: Process, now_ns: int) -> ExecResult:
         except BehaviourError:
             return ExecResult(1, "", f"sleep: invalid number '{rest[0]}'\n")
     raise KubeharnessError(
-        f'failed to exec in container: failed to start exec: OCI runtime exec failed: exec failed: unable to start '
+        f'failed to exec in container: failed to start exec "{secrets.token_hex(32)}": OCI runtime exec failed: '
+        f'exec failed: unable to start '
         f'container process: exec: "{argv[0][:256]}": executable file not found in $PATH: unknown'
     )
 
@@ -95,8 +97,8 @@ def interpret(argv: Sequence[str], process: Process, now_ns: int) -> ExecResult:
 def _running_process(rt: Runtime, container_id: str) -> Process:
     c = rt.containers.get(container_id)
     process = rt.processes.get(c.id)
-    if c.state != RUNNING or process is None:
-        raise FailedPrecondition(f"container {c.id} is not running")
+    if c.state != RUNNING or process is None:  # containerd's words and code (UNKNOWN)
+        raise KubeharnessError(f"failed to exec in container: container is in {STATE_NAMES[c.state]} state")
     return process
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Generic, TypeVar
 
-from kubeharness.errors import AlreadyExists, InvalidArgument, NotFound
+from kubeharness.errors import AlreadyExists, InvalidArgument, KubeharnessError, NotFound
 
 T = TypeVar("T")
 
@@ -71,10 +71,10 @@ class NameIndex:
     def __init__(self) -> None:
         self._by_name: dict[str, str] = {}
 
-    def reserve(self, name: str, key: str) -> None:
+    def reserve(self, name: str, key: str, kind: str = "sandbox") -> None:
         holder = self._by_name.get(name)
-        if holder is not None and holder != key:
-            raise AlreadyExists(f"name {name!r} is reserved for {holder!r}")
+        if holder is not None and holder != key:  # containerd's words and code (UNKNOWN)
+            raise KubeharnessError(f'failed to reserve {kind} name "{name}": name "{name}" is reserved for "{holder}"')
         self._by_name[name] = key
 
     def release(self, name: str) -> None:
