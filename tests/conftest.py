@@ -82,6 +82,7 @@ class CriHarness:
             log_directory=str(self.log_dir / f"{namespace}_{name}_{uid or 'uid-' + name}"),
             labels=labels or {},
         )
+        cfg.linux.cgroup_parent = f"/kubepods/pod{uid or 'uid-' + name}"  # as the kubelet sets it
         if host_network:
             cfg.linux.security_context.namespace_options.network = api.NODE
         return cfg

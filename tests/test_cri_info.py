@@ -15,6 +15,7 @@ import pytest
 
 from kubeharness import __version__
 from kubeharness.emulators.cri.config import CriConfig
+from kubeharness.emulators.cri.process import START_CPU_NS
 from kubeharness.wire.cri import api_pb2 as api
 from tests.conftest import CriHarness
 
@@ -180,7 +181,7 @@ async def test_container_stats_follow_the_behaviour_on_the_clock(cri: CriHarness
     assert stats.attributes.metadata.name == "c"
     assert dict(stats.attributes.labels) == {"app": "web"}
     assert stats.cpu.timestamp == now
-    assert stats.cpu.usage_core_nano_seconds.value == 250 * 10 * NS // 1000  # 2.5 s of CPU
+    assert stats.cpu.usage_core_nano_seconds.value == START_CPU_NS + 250 * 10 * NS // 1000  # start-up + 2.5 s
     assert stats.cpu.usage_nano_cores.value == 250_000_000
     assert stats.memory.timestamp == now
     assert stats.memory.working_set_bytes.value == 64 * MIB + BASE_MEMORY
@@ -191,7 +192,7 @@ async def test_container_stats_follow_the_behaviour_on_the_clock(cri: CriHarness
     assert stats.writable_layer.fs_id.mountpoint == str(cri.state_dir / "snapshots")
     await cri.clock.advance(30)
     later = await container_stats(cri, cid)
-    assert later.cpu.usage_core_nano_seconds.value == 250 * 40 * NS // 1000
+    assert later.cpu.usage_core_nano_seconds.value == START_CPU_NS + 250 * 40 * NS // 1000
     assert later.cpu.timestamp == later.memory.timestamp == cri.clock.now_ns()
 
 
@@ -204,16 +205,22 @@ async def test_memory_grows_at_its_rate_and_available_bytes_follow_the_limit(cri
     await cri.clock.advance(60)
     stats = await container_stats(cri, cid)
     assert stats.memory.working_set_bytes.value == 64 * MIB + BASE_MEMORY  # capped at --memory-mib
-    assert stats.cpu.usage_core_nano_seconds.value == 0  # no --cpu-millicores
+    assert stats.cpu.usage_core_nano_seconds.value == START_CPU_NS  # no --cpu-millicores: only its start-up
 
 
-async def test_stats_of_an_exited_container_have_no_cpu_or_memory_but_keep_the_writable_layer(
+async def test_stats_of_an_exited_container_are_refused_but_listed_with_the_writable_layer(
     cri: CriHarness,
 ) -> None:
     _, cid = await cri.run_container(args=["--cpu-millicores=100", "--disk-mib=2", "--exit-after=3s"])
     await cri.clock.advance(5)
     assert (await cri.status(cid)).state == api.CONTAINER_EXITED
-    stats = await container_stats(cri, cid)
+    # containerd 1.6: no task, no metrics for ContainerStats; ListContainerStats still lists it
+    await expect_error(cri.runtime.ContainerStats(api.ContainerStatsRequest(container_id=cid)),
+                       grpc.StatusCode.UNKNOWN)
+    listed = await cri.runtime.ListContainerStats(
+        api.ListContainerStatsRequest(filter=api.ContainerStatsFilter(id=cid))
+    )
+    (stats,) = listed.stats
     assert stats.attributes.id == cid
     assert not stats.HasField("cpu") and not stats.HasField("memory")
     # The container's writable layer (its snapshot) stays until the container is removed.
@@ -277,7 +284,7 @@ async def test_pod_sandbox_stats_sum_their_containers(cri: CriHarness) -> None:
     linux = stats.linux
     assert sorted(c.attributes.id for c in linux.containers) == sorted([a1, a2])
     assert linux.cpu.timestamp == now
-    assert linux.cpu.usage_core_nano_seconds.value == (250 + 100) * 8 * NS // 1000
+    assert linux.cpu.usage_core_nano_seconds.value == 2 * START_CPU_NS + (250 + 100) * 8 * NS // 1000
     assert linux.cpu.usage_nano_cores.value == 350_000_000
     assert linux.memory.timestamp == now
     assert linux.memory.working_set_bytes.value == PAUSE_MEMORY + 64 * MIB + 2 * BASE_MEMORY

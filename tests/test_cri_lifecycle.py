@@ -169,8 +169,8 @@ async def test_run_pod_sandbox_status_echoes_config_and_is_ready_on_the_clock(cr
     assert st.created_at == created
     assert st.runtime_handler == ""
     assert ipaddress.ip_address(st.network.ip) in POD_CIDR
-    assert resp.timestamp == created + 3 * NS
-    assert list(resp.containers_statuses) == []
+    # containerd 1.6 leaves the evented-PLEG fields empty
+    assert (resp.timestamp, list(resp.containers_statuses)) == (0, [])
 
 
 async def test_sandbox_ips_are_unique_in_the_pod_cidr_and_host_network_gets_none(cri: CriHarness) -> None:
@@ -251,10 +251,9 @@ async def test_stop_pod_sandbox_kills_running_containers_and_leaves_created_ones
     assert (r.state, r.exit_code, r.reason, r.finished_at) == (api.CONTAINER_EXITED, 137, "Error", stopped_at)
     c = await cri.status(created)
     assert (c.state, c.started_at, c.finished_at, c.exit_code) == (api.CONTAINER_CREATED, 0, 0, 0)
-    # both stay listed and part of the sandbox's status
-    resp = await cri.runtime.PodSandboxStatus(api.PodSandboxStatusRequest(pod_sandbox_id=sid))
-    assert {s.id: s.state for s in resp.containers_statuses} == {
-        running: api.CONTAINER_EXITED, created: api.CONTAINER_CREATED}
+    # both stay listed in the sandbox
+    listed = await cri.runtime.ListContainers(api.ListContainersRequest(filter=api.ContainerFilter(pod_sandbox_id=sid)))
+    assert {c.id: c.state for c in listed.containers} == {running: api.CONTAINER_EXITED, created: api.CONTAINER_CREATED}
 
 
 async def test_a_created_container_of_a_stopped_sandbox_cannot_start(cri: CriHarness) -> None:

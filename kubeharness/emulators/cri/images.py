@@ -40,10 +40,9 @@ DEFAULT_CATALOG: list[dict[str, Any]] = [
     {"ref": "registry.k8s.io/pause:3.10", "size_bytes": 320_368, "kind": "pause", "entrypoint": ["/pause"],
      "user": "65535"},
     {"refs": ["docker.io/library/busybox:1.36", "docker.io/library/busybox:latest"], "size_bytes": 2_155_000,
-     "cmd": ["sh"], "user": "0", "kind": "busybox"},
+     "cmd": ["sh"], "kind": "busybox"},
     # the test image: the helper on a busybox-static base, so exec probes can use the shell too
-    {"ref": "kubeharness.test/khelper:1", "size_bytes": 1_800_000, "entrypoint": ["/khelper"], "user": "0",
-     "kind": "busybox"},
+    {"ref": "kubeharness.test/khelper:1", "size_bytes": 1_800_000, "entrypoint": ["/khelper"], "kind": "busybox"},
     # an opaque program (no shell, no files): runs until stopped, dies of SIGTERM (143)
     {"ref": "kubeharness.test/app:1", "size_bytes": 5_000_000, "entrypoint": ["/app"], "user": "0"},
     {"ref": "kubeharness.test/big:1", "size_bytes": 1024**3, "entrypoint": ["/khelper"]},

@@ -57,7 +57,7 @@ async def _download(rt: Runtime, ref: str, username: str, password: str) -> str:
         delay_s += entry.size_bytes / rt.config.pull_bandwidth_bytes_per_second
     if delay_s > 0:
         await rt.clock.sleep(delay_s)
-    image = rt.images.add(LocalImage.from_catalog(entry, ref, pinned=ref == normalize_ref(rt.config.pause_image)))
+    image = rt.images.add(LocalImage.from_catalog(entry, ref, pinned=False))  # containerd 1.6 pins nothing
     return image.id
 
 
@@ -89,12 +89,8 @@ async def pull_image(rt: Runtime, req: cri.PullImageRequest) -> cri.PullImageRes
 
 
 async def list_images(rt: Runtime, req: cri.ListImagesRequest) -> cri.ListImagesResponse:
+    """Every image: containerd 1.6 ignores the request's filter, and so does the emulator."""
     resp = cri.ListImagesResponse()
-    if req.filter.image.image:
-        image = rt.images.resolve(req.filter.image.image)
-        if image is not None:
-            resp.images.append(image_message(image))
-        return resp
     for image in sorted(rt.images, key=lambda i: i.id):
         resp.images.append(image_message(image))
     return resp
@@ -140,8 +136,5 @@ async def image_fs_info(rt: Runtime, req: cri.ImageFsInfoRequest) -> cri.ImageFs
     image_fs.fs_id.mountpoint = mountpoint
     image_fs.used_bytes.value = sum(i.size_bytes for i in images)
     image_fs.inodes_used.value = 64 * len(images)
-    container_fs = resp.container_filesystems.add(timestamp=now)
-    container_fs.fs_id.mountpoint = mountpoint
-    container_fs.used_bytes.value = sum(layers)
-    container_fs.inodes_used.value = sum(1 for n in layers if n)
+    del layers  # containerd 1.6 reports no container_filesystems (writable layers show in ContainerStats)
     return resp

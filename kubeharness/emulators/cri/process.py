@@ -24,6 +24,8 @@ from kubeharness.emulators.cri.model import Container
 NS = 1_000_000_000
 # Memory a process uses before it allocates anything (what a small static binary costs).
 BASE_MEMORY_BYTES = 512 * 1024
+# CPU a process has used by the time it runs (exec, loader, runtime start-up): a real one never shows 0.
+START_CPU_NS = 2_000_000
 # Persist log progress at most this often (clock time), so a crash repeats at most this much output.
 PROGRESS_SAVE_NS = 10 * NS
 
@@ -191,7 +193,7 @@ class Process:
         return BASE_MEMORY_BYTES + self.behaviour.memory_bytes_at(max(0, now_ns - self.started_ns))
 
     def cpu_usage_core_ns(self, now_ns: int) -> int:
-        return self.behaviour.cpu_millicores * max(0, now_ns - self.started_ns) // 1000
+        return START_CPU_NS + self.behaviour.cpu_millicores * max(0, now_ns - self.started_ns) // 1000
 
     def writable_bytes(self) -> int:
         return int(self.behaviour.disk_mib * 1024 * 1024)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import shutil
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,6 +32,7 @@ SHELL_IMAGE_KINDS = frozenset({"busybox"})
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_HOSTS = b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
 HOST_RESOLV_CONF = Path("/etc/resolv.conf")
+HOST_HOSTS = Path("/etc/hosts")
 # PIDs of a container that shares the pod's PID namespace (the pause process is PID 1 there).
 SHARED_NAMESPACE_FIRST_PID = 7
 
@@ -62,7 +64,16 @@ def resolv_conf(dns: cri.DNSConfig) -> bytes:
 
 
 def hostname_of(sb: Sandbox) -> str:
-    return sb.config.hostname or sb.config.metadata.name
+    """The sandbox config's hostname; without one, the node's (containerd shares the host's UTS name)."""
+    return sb.config.hostname or socket.gethostname()
+
+
+def node_hosts() -> bytes:
+    """What containerd copies into a container without a kubelet-managed /etc/hosts: the node's file."""
+    try:
+        return HOST_HOSTS.read_bytes()
+    except OSError:
+        return DEFAULT_HOSTS
 
 
 def upper_dir(state_dir: Path, container_id: str) -> Path:
@@ -88,7 +99,7 @@ def filesystem(state_dir: Path, c: Container, sb: Sandbox, now_ns: Callable[[], 
     if "/etc/resolv.conf" not in mounted:
         fs.add_file("/etc/resolv.conf", resolv_conf(sb.config.dns_config))
     if "/etc/hosts" not in mounted:
-        fs.add_file("/etc/hosts", DEFAULT_HOSTS)
+        fs.add_file("/etc/hosts", node_hosts())
     return fs
 
 

@@ -84,7 +84,7 @@ class Runtime:
             if entry is None or entry.missing:
                 raise InvalidArgument(f"preloaded image {ref!r} is not in the image catalog")
             if self.images.resolve(ref) is None:
-                self.images.add(LocalImage.from_catalog(entry, ref, pinned=ref == pause))
+                self.images.add(LocalImage.from_catalog(entry, ref, pinned=False))  # containerd 1.6 pins nothing
 
     # -- ids and persistence ----------------------------------------------------------------------
 

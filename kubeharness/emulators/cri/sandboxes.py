@@ -14,7 +14,7 @@ from kubeharness.emulators.cri.containers import stop_container_now
 from kubeharness.emulators.cri.model import Sandbox
 from kubeharness.emulators.cri.runtime import Runtime
 from kubeharness.emulators.cri.validate import bounded, bounded_map, require_id, require_name, safe_directory
-from kubeharness.emulators.cri.views import container_status, sandbox_status
+from kubeharness.emulators.cri.views import sandbox_status
 from kubeharness.errors import InvalidArgument, KubeharnessError
 from kubeharness.wire.cri import api_pb2 as cri
 
@@ -107,9 +107,8 @@ async def remove(rt: Runtime, req: cri.RemovePodSandboxRequest) -> cri.RemovePod
 async def status(rt: Runtime, req: cri.PodSandboxStatusRequest) -> cri.PodSandboxStatusResponse:
     require_id(req.pod_sandbox_id, "pod_sandbox_id")
     sb = rt.sandboxes.get(req.pod_sandbox_id)
-    resp = cri.PodSandboxStatusResponse(status=sandbox_status(sb), timestamp=rt.clock.now_ns())
-    for c in rt.containers_of(sb.id):
-        resp.containers_statuses.append(container_status(c, rt.images.resolve(c.image_id)))
+    # containerd 1.6 leaves the evented-PLEG fields (containers_statuses, timestamp) empty here
+    resp = cri.PodSandboxStatusResponse(status=sandbox_status(sb))
     if req.verbose:
         resp.info["info"] = json.dumps(
             {

@@ -23,7 +23,7 @@ from kubeharness.clock import Clock
 from kubeharness.emulators.cri.behaviour import Behaviour
 from kubeharness.emulators.cri.logs import ContainerLog, encode_line
 from kubeharness.emulators.cri.model import Container
-from kubeharness.emulators.cri.process import Exit, Process, exit_reason
+from kubeharness.emulators.cri.process import START_CPU_NS, Exit, Process, exit_reason
 from kubeharness.emulators.cri.shell.interp import Machine, start
 from kubeharness.emulators.cri.shell.io import Signal, Wait
 
@@ -148,4 +148,4 @@ class ScriptedProcess(Process):
             self._program = None
 
     def cpu_usage_core_ns(self, now_ns: int) -> int:
-        return self._busy_ns
+        return START_CPU_NS + self._busy_ns

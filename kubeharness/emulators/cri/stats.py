@@ -12,6 +12,7 @@ from __future__ import annotations
 from kubeharness.emulators.cri.model import Container, Sandbox
 from kubeharness.emulators.cri.runtime import Runtime
 from kubeharness.emulators.cri.validate import require_id
+from kubeharness.errors import KubeharnessError
 from kubeharness.wire.cri import api_pb2 as cri
 
 PAUSE_MEMORY_BYTES = 300 * 1024
@@ -60,6 +61,8 @@ def container_stats(rt: Runtime, c: Container, now_ns: int) -> cri.ContainerStat
 async def stats_of_container(rt: Runtime, req: cri.ContainerStatsRequest) -> cri.ContainerStatsResponse:
     require_id(req.container_id, "container_id")
     c = rt.containers.get(req.container_id)
+    if c.id not in rt.processes:  # containerd 1.6: no task, no metrics (ListContainerStats still lists it)
+        raise KubeharnessError("unexpected metrics response: []")
     return cri.ContainerStatsResponse(stats=container_stats(rt, c, rt.clock.now_ns()))
 
 
@@ -126,7 +129,17 @@ def sandbox_stats(rt: Runtime, sb: Sandbox, now_ns: int) -> cri.PodSandboxStats:
 async def stats_of_sandbox(rt: Runtime, req: cri.PodSandboxStatsRequest) -> cri.PodSandboxStatsResponse:
     require_id(req.pod_sandbox_id, "pod_sandbox_id")
     sb = rt.sandboxes.get(req.pod_sandbox_id)
+    _require_cgroup(sb)
     return cri.PodSandboxStatsResponse(stats=sandbox_stats(rt, sb, rt.clock.now_ns()))
+
+
+def _require_cgroup(sb: Sandbox) -> None:
+    """containerd reads a sandbox's metrics from its cgroup: without ``cgroup_parent`` there is none."""
+    if not sb.config.linux.cgroup_parent:
+        raise KubeharnessError(
+            f"failed getting metrics for sandbox {sb.id}: failed to get cgroup metrics for sandbox {sb.id} "
+            "because cgroupPath is empty"
+        )
 
 
 async def list_sandbox_stats(rt: Runtime, req: cri.ListPodSandboxStatsRequest) -> cri.ListPodSandboxStatsResponse:
@@ -138,6 +151,7 @@ async def list_sandbox_stats(rt: Runtime, req: cri.ListPodSandboxStatsRequest) -
     for sb in candidates:
         if sb is None or not _labels_match(sb.config.labels, selector):
             continue
+        _require_cgroup(sb)  # as in containerd 1.6, one such sandbox fails the whole list
         resp.stats.append(sandbox_stats(rt, sb, now))
     return resp
 
