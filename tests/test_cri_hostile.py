@@ -157,7 +157,7 @@ async def test_concurrent_run_sandbox_with_one_metadata_has_exactly_one_winner(c
     assert status.status.network.ip == "127.77.0.3"
 
 
-async def test_concurrent_stop_and_remove_of_one_pod_all_succeed(cri: CriHarness) -> None:
+async def test_concurrent_stop_and_remove_of_one_pod_succeed_or_find_it_gone(cri: CriHarness) -> None:
     sid, cid = await cri.run_container()
     calls: list[Awaitable[Any]] = []
     for _ in range(4):
@@ -167,7 +167,12 @@ async def test_concurrent_stop_and_remove_of_one_pod_all_succeed(cri: CriHarness
             cri.runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=sid)),
             cri.runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=sid)),
         ]
-    await asyncio.gather(*calls)
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    # removes always succeed; a stop that comes after a remove finds nothing (NOT_FOUND, as containerd 1.6)
+    for index, result in enumerate(results):
+        if isinstance(result, BaseException):
+            assert index % 4 in (0, 2), result
+            assert isinstance(result, grpc.aio.AioRpcError) and result.code() == grpc.StatusCode.NOT_FOUND
     assert list((await cri.runtime.ListPodSandbox(api.ListPodSandboxRequest())).items) == []
     assert list((await cri.runtime.ListContainers(api.ListContainersRequest())).containers) == []
     await still_works(cri)

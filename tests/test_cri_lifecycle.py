@@ -299,13 +299,13 @@ async def test_stop_and_remove_pod_sandbox_are_idempotent(cri: CriHarness) -> No
     assert (st.state, st.network.ip) == (api.SANDBOX_NOTREADY, "")
     await remove_sandbox(cri, sid)
     await remove_sandbox(cri, sid)
-    await stop_sandbox(cri, sid)  # stop after remove: gone is success too
+    await expect_code(stop_sandbox(cri, sid), grpc.StatusCode.NOT_FOUND)  # after remove: unknown, as containerd 1.6
     await expect_code(sandbox_status(cri, sid), grpc.StatusCode.NOT_FOUND)
     assert await list_sandbox_ids(cri) == []
 
 
-async def test_stop_and_remove_of_an_unknown_sandbox_succeed(cri: CriHarness) -> None:
-    await stop_sandbox(cri, UNKNOWN_ID)
+async def test_stop_of_an_unknown_sandbox_is_not_found_and_remove_succeeds(cri: CriHarness) -> None:
+    await expect_code(stop_sandbox(cri, UNKNOWN_ID), grpc.StatusCode.NOT_FOUND)  # as containerd 1.6 answers
     await remove_sandbox(cri, UNKNOWN_ID)
     await expect_code(stop_sandbox(cri, ""), grpc.StatusCode.INVALID_ARGUMENT)
     await expect_code(remove_sandbox(cri, ""), grpc.StatusCode.INVALID_ARGUMENT)
@@ -554,7 +554,9 @@ async def test_remove_of_a_running_container_force_stops_it(cri: CriHarness) -> 
     assert resp.status.state == api.SANDBOX_READY
 
 
-async def test_stop_and_remove_container_are_idempotent_and_accept_unknown_ids(cri: CriHarness) -> None:
+async def test_stop_and_remove_container_are_idempotent_and_stop_of_unknown_ids_is_not_found(
+    cri: CriHarness,
+) -> None:
     _, cid = await cri.run_container()
     await stop_container(cri, cid)
     finished = (await cri.status(cid)).finished_at
@@ -564,8 +566,8 @@ async def test_stop_and_remove_container_are_idempotent_and_accept_unknown_ids(c
     assert (s.state, s.exit_code, s.finished_at) == (api.CONTAINER_EXITED, 137, finished)
     await remove_container(cri, cid)
     await remove_container(cri, cid)
-    await stop_container(cri, cid)
-    await stop_container(cri, UNKNOWN_ID, timeout=5)
+    await expect_code(stop_container(cri, cid), grpc.StatusCode.NOT_FOUND)  # gone: as containerd 1.6 answers
+    await expect_code(stop_container(cri, UNKNOWN_ID, timeout=5), grpc.StatusCode.NOT_FOUND)
     await remove_container(cri, UNKNOWN_ID)
     await expect_code(stop_container(cri, ""), grpc.StatusCode.INVALID_ARGUMENT)
     await expect_code(remove_container(cri, ""), grpc.StatusCode.INVALID_ARGUMENT)
@@ -886,7 +888,7 @@ async def test_idempotent_calls_and_failures_emit_no_events(cri: CriHarness, eve
     await stop_sandbox(cri, sid)
     await events.take(3)
     await stop_sandbox(cri, sid)
-    await stop_sandbox(cri, UNKNOWN_ID)
+    await expect_code(stop_sandbox(cri, UNKNOWN_ID), grpc.StatusCode.NOT_FOUND)
     await remove_container(cri, UNKNOWN_ID)
     await expect_code(cri.create(sid, cfg), grpc.StatusCode.NOT_FOUND)
     await expect_code(cri.run_sandbox(cfg), grpc.StatusCode.UNKNOWN)

@@ -1,8 +1,9 @@
 """Container RPCs: Create, Start, Stop, Remove, ContainerStatus, ListContainers,
 UpdateContainerResources and ReopenContainerLog.
 
-Stop and remove are idempotent, as the CRI states: stopping a container that is not running or gone,
-or removing one that is gone, succeeds. Removing a running container force-stops it first.
+Stop and remove are idempotent, as the CRI states: stopping a container that is not running, or
+removing one that is gone, succeeds. Stopping an unknown container is NOT_FOUND, as in containerd 1.6.
+Removing a running container force-stops it first.
 """
 
 from __future__ import annotations
@@ -132,9 +133,8 @@ async def stop(rt: Runtime, req: cri.StopContainerRequest) -> cri.StopContainerR
     require_id(req.container_id, "container_id")
     if req.timeout < 0:
         raise InvalidArgument(f"timeout must not be negative, got {req.timeout}")
-    c = rt.containers.find(req.container_id)
-    if c is not None:  # stopping a container that is gone succeeds, as in containerd 2.x
-        await stop_container(rt, c, req.timeout)
+    c = rt.containers.get(req.container_id)  # containerd 1.6: stopping an unknown container is NOT_FOUND
+    await stop_container(rt, c, req.timeout)
     return cri.StopContainerResponse()
 
 

@@ -72,11 +72,10 @@ async def run(rt: Runtime, req: cri.RunPodSandboxRequest) -> cri.RunPodSandboxRe
 
 
 async def stop(rt: Runtime, req: cri.StopPodSandboxRequest) -> cri.StopPodSandboxResponse:
-    """Stop every container of the sandbox, then the sandbox. Idempotent, as the CRI requires."""
+    """Stop every container of the sandbox, then the sandbox. Idempotent for a known sandbox (an unknown
+    one is NOT_FOUND, as in containerd 1.6)."""
     require_id(req.pod_sandbox_id, "pod_sandbox_id")
-    sb = rt.sandboxes.find(req.pod_sandbox_id)
-    if sb is None:
-        return cri.StopPodSandboxResponse()
+    sb = rt.sandboxes.get(req.pod_sandbox_id)  # containerd 1.6: stopping an unknown sandbox is NOT_FOUND
     for c in rt.containers_of(sb.id):
         await stop_container_now(rt, c)
     if sb.ready:

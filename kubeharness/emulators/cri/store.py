@@ -58,7 +58,7 @@ class Store(Generic[T]):
         """Like :meth:`find`, but a missing object is NOT_FOUND."""
         item = self.find(key)
         if item is None:
-            raise NotFound(f"{self.kind} {key!r} not found")
+            raise NotFound(f'an error occurred when try to find {self.kind} "{key}": not found')  # containerd's words
         return item
 
     def delete(self, key: str) -> None:
