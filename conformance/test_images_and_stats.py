@@ -181,7 +181,15 @@ async def test_removing_an_image_a_running_container_uses_succeeds(
 
 async def test_the_image_filesystem_reports_used_bytes_and_a_mountpoint(target: Target, observe: Observe) -> None:
     await target.pull(KHELPER)
-    info = await target.images.ImageFsInfo(api.ImageFsInfoRequest(), timeout=30)
+    # containerd fills ImageFsInfo from a snapshotter sync that runs every 10 s: a fresh one may have none yet
+    answers: list[api.ImageFsInfoResponse] = []
+
+    async def reported() -> bool:
+        answers.append(await target.images.ImageFsInfo(api.ImageFsInfoRequest(), timeout=30))
+        return len(answers[-1].image_filesystems) > 0
+
+    await target.until(reported, 30, "ImageFsInfo to report the image filesystem")
+    info = answers[-1]
     observe("filesystems", [len(info.image_filesystems), len(info.container_filesystems)])
     assert len(info.image_filesystems) == 1
     image_fs = info.image_filesystems[0]
