@@ -181,12 +181,14 @@ async def test_removing_an_image_a_running_container_uses_succeeds(
 
 async def test_the_image_filesystem_reports_used_bytes_and_a_mountpoint(target: Target, observe: Observe) -> None:
     await target.pull(KHELPER)
-    # containerd fills ImageFsInfo from a snapshotter sync that runs every 10 s: a fresh one may have none yet
+    # containerd fills ImageFsInfo from a snapshotter sync that runs every 10 s: a fresh one reports nothing,
+    # then 0 bytes, until its first sync
     answers: list[api.ImageFsInfoResponse] = []
 
     async def reported() -> bool:
         answers.append(await target.images.ImageFsInfo(api.ImageFsInfoRequest(), timeout=30))
-        return len(answers[-1].image_filesystems) > 0
+        filesystems = answers[-1].image_filesystems
+        return len(filesystems) > 0 and filesystems[0].used_bytes.value > 0
 
     await target.until(reported, 30, "ImageFsInfo to report the image filesystem")
     info = answers[-1]
