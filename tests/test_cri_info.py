@@ -16,6 +16,7 @@ import pytest
 from kubeharness import __version__
 from kubeharness.emulators.cri.config import CriConfig
 from kubeharness.emulators.cri.process import START_CPU_NS
+from kubeharness.emulators.cri.stats import UNLIMITED_MEMORY_BYTES
 from kubeharness.wire.cri import api_pb2 as api
 from tests.conftest import CriHarness
 
@@ -186,8 +187,9 @@ async def test_container_stats_follow_the_behaviour_on_the_clock(cri: CriHarness
     assert stats.memory.timestamp == now
     assert stats.memory.working_set_bytes.value == 64 * MIB + BASE_MEMORY
     assert stats.memory.usage_bytes.value == 64 * MIB + BASE_MEMORY
-    assert not stats.memory.HasField("available_bytes")  # no limit
-    assert stats.writable_layer.timestamp == now
+    # no limit: what is left below the cgroup's maximum, as containerd reports it
+    assert stats.memory.available_bytes.value == UNLIMITED_MEMORY_BYTES - stats.memory.working_set_bytes.value
+    assert not stats.writable_layer.HasField("timestamp")  # containerd 1.6 leaves it unset
     assert stats.writable_layer.used_bytes.value == 5 * MIB
     assert stats.writable_layer.fs_id.mountpoint == str(cri.state_dir / "snapshots")
     await cri.clock.advance(30)

@@ -24,6 +24,7 @@ METRICS = (
     ("container_fs_usage_bytes", "Number of bytes consumed by the container's writable layer.", cri.GAUGE),
 )
 METRIC_LABELS = ("container", "pod", "namespace")
+UNLIMITED_MEMORY_BYTES = 9223372036854771712  # cgroup v1 memory.limit_in_bytes when no limit is set
 
 
 def container_stats(rt: Runtime, c: Container, now_ns: int) -> cri.ContainerStats:
@@ -34,7 +35,6 @@ def container_stats(rt: Runtime, c: Container, now_ns: int) -> cri.ContainerStat
     attrs.metadata.CopyFrom(cfg.metadata)
     attrs.labels.update(cfg.labels)
     attrs.annotations.update(cfg.annotations)
-    stats.writable_layer.timestamp = now_ns
     stats.writable_layer.fs_id.mountpoint = str(rt.image_fs_dir)
     writable = rt.writable_bytes(c)
     stats.writable_layer.used_bytes.value = writable
@@ -53,8 +53,8 @@ def container_stats(rt: Runtime, c: Container, now_ns: int) -> cri.ContainerStat
     stats.memory.rss_bytes.value = memory
     stats.memory.page_faults.value = memory // 4096
     stats.memory.major_page_faults.value = 0
-    if limit > 0:
-        stats.memory.available_bytes.value = max(0, limit - memory)
+    # without a limit the cgroup's is the kernel's page-counter maximum, as containerd reports it
+    stats.memory.available_bytes.value = max(0, (limit if limit > 0 else UNLIMITED_MEMORY_BYTES) - memory)
     return stats
 
 
