@@ -92,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench_cri.add_argument("--server-pid", type=int, help="PID of the runtime behind --endpoint, to report its memory")
     bench_cri.add_argument("--keep", action="store_true", help="leave the live pods and the temporary directory")
     bench_cri.add_argument("--json", metavar="FILE", help="also write every figure to FILE as JSON")
+    bench_cri.add_argument("--compare-endpoint", metavar="ENDPOINT",
+                           help="also run the phases against this runtime and print both with ratios")
+    bench_cri.add_argument("--compare-cycles", type=int, default=30,
+                           help="pod cycles per phase against --compare-endpoint")
     bench_cri.set_defaults(func=_bench_cri)
     bench_shell = bench.add_parser("shell", help="CPU cost of interpreting busybox one-liners in the CRI emulator")
     bench_shell.add_argument("--containers", type=int, default=1000, help="containers running the log loop")

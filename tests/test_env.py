@@ -7,6 +7,7 @@ this module share one environment and run on one xdist worker (group "containerd
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -120,6 +121,19 @@ def test_a_khelper_pod_really_runs_logs_and_exits(env: tuple[Path, str], runtime
     finally:
         runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=sid), timeout=60)
         runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=sid), timeout=60)
+
+
+def test_bench_compares_the_emulator_with_containerd(env: tuple[Path, str]) -> None:
+    _, endpoint = env
+    done = kubeharness("bench", "cri", "--cycles", "5", "--concurrency", "2", "--warmup", "1",
+                       "--compare-endpoint", endpoint, "--compare-cycles", "3")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    table = done.stdout.split("emulator vs containerd", 1)[1]
+    for rpc in ("RunPodSandbox", "StartContainer", "StopPodSandbox", "pod cycles/s"):
+        row = re.search(rf"^  {rpc} +([\d.]+) +([\d.]+) +([\d.]+)x$", table, re.MULTILINE)
+        assert row is not None, f"{rpc} row missing"
+        assert float(row.group(2)) > 0 and float(row.group(3)) > 0
+    assert re.search(r"^  (MET|NOT MET) +emulator >= 100x faster per pod cycle \(serial\): \d+x$", table, re.MULTILINE)
 
 
 def test_a_taken_registry_port_is_named(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ import grpc
 
 from kubeharness.bench import report
 from kubeharness.bench.client import Recorder, TimedClient, open_channel
+from kubeharness.bench.compare import comparison_lines
 from kubeharness.bench.cycle import pod_cycle, remove_pod, run_pod
 from kubeharness.bench.drive import Outcome, Work, connect, drive
 from kubeharness.bench.emulator import SpawnedEmulator
@@ -73,6 +74,8 @@ class Options:
     server_pid: int | None = None
     keep: bool = False
     json: str | None = None
+    compare_endpoint: str | None = None  # also measure this runtime and print both side by side
+    compare_cycles: int = 30
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Options:
@@ -82,7 +85,9 @@ class Options:
         return cls(**values)
 
     def check(self) -> None:
-        for name in ("cycles", "concurrency", "client_processes", "list_repeats"):
+        if self.compare_endpoint and self.endpoint:
+            raise BenchError("--compare-endpoint compares with an emulator the benchmark starts: leave out --endpoint")
+        for name in ("cycles", "concurrency", "client_processes", "list_repeats", "compare_cycles"):
             if getattr(self, name) < 1:
                 raise BenchError(f"--{name.replace('_', '-')} must be at least 1")
         for name in ("live_pods", "stop_timeout", "warmup"):
@@ -363,4 +368,18 @@ def main(args: argparse.Namespace) -> int:
     final_report(result, options.json)
     if emulator is not None and code not in (0, None):
         say(f"note: the emulator exited with code {code}")
-    return 1 if result.failure_count() else 0
+    failures = result.failure_count()
+    if options.compare_endpoint:
+        other_options = replace(options, endpoint=options.compare_endpoint, cycles=options.compare_cycles,
+                                live_pods=0, warmup=min(options.warmup, 2), json=None, compare_endpoint=None)
+        say("")
+        say(f"== the same phases against {options.compare_endpoint} ({options.compare_cycles} cycles each)")
+        other_root = Path(tempfile.mkdtemp(prefix="kubeharness-bench-"))
+        try:
+            other = asyncio.run(run_bench(other_options, other_root, None))
+        finally:
+            shutil.rmtree(other_root, ignore_errors=True)
+        say("")
+        say(comparison_lines(result, other))
+        failures += other.failure_count()
+    return 1 if failures else 0
