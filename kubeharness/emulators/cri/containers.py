@@ -206,7 +206,9 @@ async def update_resources(
     rt: Runtime, req: cri.UpdateContainerResourcesRequest
 ) -> cri.UpdateContainerResourcesResponse:
     require_id(req.container_id, "container_id")
-    c = rt.containers.get(req.container_id)
+    c = rt.containers.find(req.container_id)
+    if c is None:
+        raise NotFound("failed to find container: not found")  # containerd's words
     # containerd accepts an update of an exited container (it only records it); so do we
     if req.HasField("linux"):
         if req.linux.memory_limit_in_bytes != c.resources.memory_limit_in_bytes:

@@ -25,7 +25,7 @@ from kubeharness.emulators.cri.runtime import Runtime
 from kubeharness.emulators.cri.scripted import BUSY_SLICE_NS
 from kubeharness.emulators.cri.shell.interp import APPLET_NAMES, start
 from kubeharness.emulators.cri.validate import require_id
-from kubeharness.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, KubeharnessError
+from kubeharness.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, KubeharnessError, NotFound
 from kubeharness.wire.cri import api_pb2 as cri
 
 NS = 1_000_000_000
@@ -108,6 +108,9 @@ async def exec_sync(rt: Runtime, req: cri.ExecSyncRequest) -> cri.ExecSyncRespon
         raise InvalidArgument("cmd must not be empty")
     if req.timeout < 0:
         raise InvalidArgument(f"timeout must not be negative, got {req.timeout}")
+    if rt.containers.find(req.container_id) is None:  # containerd's words
+        missing = f'failed to find container "{req.container_id}" in store: not found'
+        raise NotFound(f"failed to exec in container: {missing}")
     process = _running_process(rt, req.container_id)
     c = process.container
     if _basename(req.cmd[0]) != HELPER and _basename(req.cmd[0]) in APPLET_NAMES and rootfs.has_shell(

@@ -15,7 +15,7 @@ from kubeharness.emulators.cri.model import Sandbox
 from kubeharness.emulators.cri.runtime import Runtime
 from kubeharness.emulators.cri.validate import bounded, bounded_map, require_id, require_name, safe_directory
 from kubeharness.emulators.cri.views import sandbox_status
-from kubeharness.errors import InvalidArgument, KubeharnessError
+from kubeharness.errors import InvalidArgument, KubeharnessError, NotFound
 from kubeharness.wire.cri import api_pb2 as cri
 
 RUNTIME_HANDLERS = ("", "runc")
@@ -105,7 +105,9 @@ async def remove(rt: Runtime, req: cri.RemovePodSandboxRequest) -> cri.RemovePod
 
 async def status(rt: Runtime, req: cri.PodSandboxStatusRequest) -> cri.PodSandboxStatusResponse:
     require_id(req.pod_sandbox_id, "pod_sandbox_id")
-    sb = rt.sandboxes.get(req.pod_sandbox_id)
+    sb = rt.sandboxes.find(req.pod_sandbox_id)
+    if sb is None:
+        raise NotFound("an error occurred when try to find sandbox: not found")  # containerd's words
     # containerd 1.6 leaves the evented-PLEG fields (containers_statuses, timestamp) empty here
     resp = cri.PodSandboxStatusResponse(status=sandbox_status(sb))
     if req.verbose:
