@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kubeharness.conformance.plugin import KNOWN_DIFFERENCES, known_differences
+
 
 def _load(path: Path) -> dict[str, dict[str, Any]]:
     data: dict[str, dict[str, Any]] = json.loads(path.read_text())
@@ -45,7 +47,11 @@ def differences(emulator: Results, runtime: Results) -> list[tuple[str, str, Any
     return found
 
 
-def render(emulator: dict[str, dict[str, Any]], runtime: dict[str, dict[str, Any]]) -> str:
+def _spec_name(nodeid: str) -> str:
+    return nodeid.rsplit("::", 1)[-1]
+
+
+def render(emulator: Results, runtime: Results, known: dict[str, str] | None = None) -> str:
     runtime_name = next((r.get("target", "runtime") for r in runtime.values()), "runtime")
     specs = sorted(set(emulator) | set(runtime))
     lines = [
@@ -62,13 +68,25 @@ def render(emulator: dict[str, dict[str, Any]], runtime: dict[str, dict[str, Any
         b = runtime.get(nodeid, {}).get("outcome", "not run")
         lines.append(f"| {_short(nodeid)} | {a} | {b} |")
     found = differences(emulator, runtime)
-    lines += ["", f"## Differences ({len(found)})", ""]
+    known = known or {}
+    explained = sorted({_spec_name(n) for n, *_ in found} & set(known) | {
+        _spec_name(n).split("[")[0] for n, *_ in found if _spec_name(n).split("[")[0] in known})
+    unexplained = sorted({_spec_name(n) for n, *_ in found} - set(known)
+                         - {_spec_name(n) for n, *_ in found if _spec_name(n).split("[")[0] in known})
+    lines += ["", f"## Differences ({len(found)} in {len(explained) + len(unexplained)} specs, "
+              f"{len(unexplained)} without an explanation)", ""]
     if not found:
         lines.append("None: the emulator did what the runtime did in every spec.")
     else:
         lines += [f"| spec | what | emulator | {runtime_name} |", "| --- | --- | --- | --- |"]
         for nodeid, what, va, vb in found:
             lines.append(f"| {_short(nodeid)} | {what} | `{json.dumps(va)}` | `{json.dumps(vb)}` |")
+    if explained:
+        lines += ["", "## Why (conformance/known_differences.yaml)", ""]
+        lines += [f"- `{name}`: {known[name]}" for name in explained]
+    if unexplained:
+        lines += ["", "## Not yet explained", ""]
+        lines += [f"- `{name}`" for name in unexplained]
     failures = [(n, r) for n, r in sorted(emulator.items()) if r["outcome"] == "failed"] + [
         (n, r) for n, r in sorted(runtime.items()) if r["outcome"] == "failed"
     ]
@@ -84,8 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("emulator", type=Path)
     parser.add_argument("runtime", type=Path)
     parser.add_argument("--out", type=Path, help="write the Markdown report here (default: stdout)")
+    parser.add_argument("--known", type=Path, default=Path("conformance") / KNOWN_DIFFERENCES,
+                        help="the explained differences (default: conformance/known_differences.yaml)")
     args = parser.parse_args(argv)
-    text = render(_load(args.emulator), _load(args.runtime))
+    known = known_differences(args.known.parent) if args.known.is_file() else {}
+    text = render(_load(args.emulator), _load(args.runtime), known)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
