@@ -1,8 +1,7 @@
 """Images (pull, status, list, remove, the image filesystem) and container and sandbox stats.
 
-The runtime may be shared with other tests, which use the pause, khelper and busybox:1.36 images, so
-removal specs remove ``busybox:latest`` only. It is the same image as ``busybox:1.36``, and containerd
-removes an image with all its references, so these specs pull ``busybox:1.36`` back before they end.
+The runtime may be shared with other tests, which use the pause, khelper and busybox images, so removal
+specs remove only ``kubeharness.test/removable`` (two tags of one image that nothing else uses).
 """
 
 from __future__ import annotations
@@ -21,7 +20,8 @@ from kubeharness.wire.cri import api_pb2 as api
 Observe = Callable[[str, Any], None]
 
 PAUSE = "registry.k8s.io/pause:3.10"
-LATEST = "docker.io/library/busybox:latest"
+LATEST = "kubeharness.test/removable:2"
+OTHER_TAG = "kubeharness.test/removable:1"
 MISSING = "kubeharness.test/missing:1"
 LOCAL_IMAGES = [PAUSE, BUSYBOX, KHELPER]
 MIB = 1024 * 1024
@@ -42,10 +42,9 @@ def set_fields(message: Any) -> list[str]:
 
 @pytest.fixture
 async def latest(target: Target) -> AsyncIterator[str]:
-    """``busybox:latest`` pulled for a removal spec; ``busybox:1.36`` is pulled back afterwards."""
-    await target.pull(BUSYBOX)
+    """Both tags of the removable image pulled for a removal spec; its id."""
+    await target.pull(OTHER_TAG)
     yield await target.pull(LATEST)
-    await target.pull(BUSYBOX)
 
 
 # -- pull, status, list ------------------------------------------------------------------------------
@@ -141,14 +140,14 @@ async def test_removing_an_image_not_on_the_node_succeeds(target: Target) -> Non
 async def test_a_removed_image_has_no_status_and_every_tag_of_it_goes(
     target: Target, observe: Observe, latest: str
 ) -> None:
-    assert (await image_status(target, BUSYBOX)).image.id == latest
+    assert (await image_status(target, OTHER_TAG)).image.id == latest
     await remove_image(target, LATEST)
-    refs = {LATEST: LATEST, BUSYBOX: BUSYBOX, "the image id": latest}
+    refs = {LATEST: LATEST, OTHER_TAG: OTHER_TAG, "the image id": latest}
     remains = {what: (await image_status(target, ref)).HasField("image") for what, ref in refs.items()}
     listed = [i.id for i in (await target.images.ListImages(api.ListImagesRequest(), timeout=30)).images]
     observe("remains", remains)
     observe("listed", latest in listed)
-    assert remains == {LATEST: False, BUSYBOX: False, "the image id": False}
+    assert remains == {LATEST: False, OTHER_TAG: False, "the image id": False}
     assert latest not in listed
 
 

@@ -36,19 +36,25 @@ GROUP = "root:x:0:\ndaemon:x:1:\nnobody:x:65534:\n"
 class Image:
     """One image: the references clients pull, the registry paths they map to, how to fill its rootfs."""
 
+    name: str  # its tag in the OCI layout
     refs: tuple[str, ...]
     registry_paths: tuple[str, ...]
     kind: str  # pause | busybox | khelper
     entrypoint: tuple[str, ...] = ()
     cmd: tuple[str, ...] = ()
     user: str = ""
+    label: str = ""  # makes an image with the same files a distinct image (another config digest)
 
 
 IMAGES = (
-    Image(("registry.k8s.io/pause:3.10",), ("pause:3.10",), "pause", entrypoint=("/pause",), user="65535:65535"),
-    Image(("docker.io/library/busybox:1.36", "docker.io/library/busybox:latest"),
+    Image("pause", ("registry.k8s.io/pause:3.10",), ("pause:3.10",), "pause", entrypoint=("/pause",),
+          user="65535:65535"),
+    Image("busybox", ("docker.io/library/busybox:1.36", "docker.io/library/busybox:latest"),
           ("library/busybox:1.36", "library/busybox:latest"), "busybox", cmd=("sh",)),
-    Image(("kubeharness.test/khelper:1",), ("khelper:1",), "khelper", entrypoint=("/khelper",)),
+    Image("khelper", ("kubeharness.test/khelper:1",), ("khelper:1",), "khelper", entrypoint=("/khelper",)),
+    # for specs that remove images on a shared runtime: two tags of an image no other spec uses
+    Image("removable", ("kubeharness.test/removable:1", "kubeharness.test/removable:2"),
+          ("removable:1", "removable:2"), "busybox", cmd=("sh",), label="kubeharness.image=removable"),
 )
 MIRRORED_REGISTRIES = ("docker.io", "registry.k8s.io", "kubeharness.test")
 
@@ -113,7 +119,7 @@ def build_and_push(build_dir: Path, registry: str) -> list[str]:
         shutil.rmtree(layout)
     run(["umoci", "init", "--layout", str(layout)], what="creating the OCI layout")
     for image in IMAGES:
-        tag = image.kind
+        tag = image.name
         rootfs = build_dir / "rootfs" / tag
         fill_rootfs(image, rootfs, binaries)
         target = f"{layout}:{tag}"
@@ -126,6 +132,8 @@ def build_and_push(build_dir: Path, registry: str) -> list[str]:
             config += ["--config.cmd", arg]
         if image.user:
             config += ["--config.user", image.user]
+        if image.label:
+            config += ["--config.label", image.label]
         run(config, what=f"configuring image {tag}")
         for path in image.registry_paths:
             run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci:{target}", f"docker://{registry}/{path}"],

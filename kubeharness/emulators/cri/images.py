@@ -43,6 +43,9 @@ DEFAULT_CATALOG: list[dict[str, Any]] = [
      "cmd": ["sh"], "kind": "busybox"},
     # the test image: the helper on a busybox-static base, so exec probes can use the shell too
     {"ref": "kubeharness.test/khelper:1", "size_bytes": 1_800_000, "entrypoint": ["/khelper"], "kind": "busybox"},
+    # two tags of one image that only image-removal specs use (kubeharness env builds the same)
+    {"refs": ["kubeharness.test/removable:1", "kubeharness.test/removable:2"], "size_bytes": 2_155_000,
+     "cmd": ["sh"], "kind": "busybox"},
     # an opaque program (no shell, no files): runs until stopped, dies of SIGTERM (143)
     {"ref": "kubeharness.test/app:1", "size_bytes": 5_000_000, "entrypoint": ["/app"], "user": "0"},
     {"ref": "kubeharness.test/big:1", "size_bytes": 1024**3, "entrypoint": ["/khelper"]},
