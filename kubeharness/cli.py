@@ -25,7 +25,9 @@ def _cri_serve(args: argparse.Namespace) -> int:
 
     config = CriConfig.load(Path(args.config)) if args.config else CriConfig()
     keep_large_buffers()
-    asyncio.run(serve(args.socket, Path(args.state_dir), config))
+    faults = Path(args.faults) if args.faults else None
+    fault_log = Path(args.fault_log) if args.fault_log else None
+    asyncio.run(serve(args.socket, Path(args.state_dir), config, faults, args.fault_seed, fault_log))
     return 0
 
 
@@ -74,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--socket", required=True, help="unix socket path (or unix:// URL) to listen on")
     serve.add_argument("--state-dir", required=True, help="directory for the emulator's saved state")
     serve.add_argument("--config", help="YAML configuration file")
+    serve.add_argument("--faults", metavar="FILE", help="a fault plan (YAML) to apply to every call")
+    serve.add_argument("--fault-seed", type=int, default=0, help="seed of the plan's probabilities")
+    serve.add_argument("--fault-log", metavar="FILE", help="append every fired fault to FILE as JSON lines")
     serve.set_defaults(func=_cri_serve)
 
     bench = sub.add_parser("bench", help="benchmarks that print figures").add_subparsers(dest="target", required=True)

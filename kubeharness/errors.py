@@ -76,3 +76,11 @@ class Unavailable(KubeharnessError):
 
 class Unimplemented(KubeharnessError):
     code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class InjectedFault(KubeharnessError):
+    """A status a fault plan told an emulator to answer with; its code is the plan's."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code

@@ -44,14 +44,20 @@ def _deserializer(request_cls: Any) -> Callable[[bytes], Any]:
 
 
 UnaryImpl = Callable[[Any], Awaitable[Any]]
+# Wraps every unary call: (RPC name, request, the work) -> the response; how a fault engine steps in.
+Around = Callable[[str, Any, Callable[[], Awaitable[Any]]], Awaitable[Any]]
 StreamImpl = Callable[[Any], AsyncIterator[Any]]
 
 
-def _unary(name: str, fn: UnaryImpl) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]:
+def _unary(
+    name: str, fn: UnaryImpl, around: Around | None = None
+) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]:
     async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         if isinstance(request, _Undecodable):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
         try:
+            if around is not None:
+                return await around(name, request, lambda: fn(request))
             return await fn(request)
         except KubeharnessError as err:
             await context.abort(err.code, err.message)
@@ -98,7 +104,9 @@ def _serializer(response_cls: Any) -> Callable[[Any], bytes]:
     return serialize
 
 
-def method_handlers(service: ServiceDescriptor, impl: object) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+def method_handlers(
+    service: ServiceDescriptor, impl: object, around: Around | None = None
+) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
     """Build the handler table of ``service`` from the same-named methods of ``impl``."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     method: MethodDescriptor
@@ -118,15 +126,17 @@ def method_handlers(service: ServiceDescriptor, impl: object) -> dict[str, grpc.
             )
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _unary(method.name, fn),
+                _unary(method.name, fn, around),
                 request_deserializer=_deserializer(request_cls),
                 response_serializer=_serializer(response_cls),
             )
     return handlers
 
 
-def add_service(server: grpc.aio.Server, service: ServiceDescriptor, impl: object) -> None:
-    """Register ``impl`` as the implementation of ``service`` on ``server``."""
+def add_service(
+    server: grpc.aio.Server, service: ServiceDescriptor, impl: object, around: Around | None = None
+) -> None:
+    """Register ``impl`` as the implementation of ``service`` on ``server`` (unary calls wrapped by ``around``)."""
     server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(service.full_name, method_handlers(service, impl)),)
+        (grpc.method_handlers_generic_handler(service.full_name, method_handlers(service, impl, around)),)
     )

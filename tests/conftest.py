@@ -19,6 +19,7 @@ import pytest
 from kubeharness.clock import VirtualClock
 from kubeharness.emulators.cri.config import CriConfig
 from kubeharness.emulators.cri.server import CriServer
+from kubeharness.faults import FaultEngine
 from kubeharness.wire.cri import api_pb2 as api
 from kubeharness.wire.cri import api_pb2_grpc as api_grpc
 
@@ -38,6 +39,7 @@ class CriHarness:
     clock: VirtualClock
     config: CriConfig
     server: CriServer | None = None
+    faults: FaultEngine | None = None  # a fault engine the server consults on every call
     channel: grpc.aio.Channel | None = None
     runtime: api_grpc.RuntimeServiceAsyncStub = field(init=False)
     images: api_grpc.ImageServiceAsyncStub = field(init=False)
@@ -55,7 +57,7 @@ class CriHarness:
         return self.root / "pods"
 
     async def start(self) -> None:
-        self.server = CriServer(self.socket, self.state_dir, self.config, self.clock)
+        self.server = CriServer(self.socket, self.state_dir, self.config, self.clock, self.faults)
         await self.server.start()
         self.channel = grpc.aio.insecure_channel(f"unix://{self.socket}", options=CHANNEL_OPTIONS)
         self.runtime = api_grpc.RuntimeServiceStub(self.channel)

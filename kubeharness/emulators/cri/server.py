@@ -22,9 +22,11 @@ import grpc
 
 from kubeharness.clock import Clock, RealClock
 from kubeharness.emulators.cri.config import CriConfig
+from kubeharness.emulators.cri.faultpoint import FaultPoint
 from kubeharness.emulators.cri.runtime import Runtime
 from kubeharness.emulators.cri.service import ImageService, RuntimeService
 from kubeharness.errors import FailedPrecondition
+from kubeharness.faults import FaultEngine, load_plan_file
 from kubeharness.grpcserve import add_service
 from kubeharness.wire.cri import api_pb2 as cri
 
@@ -67,9 +69,11 @@ class CriServer:
     """A CRI emulator serving on ``endpoint`` with its state in ``state_dir``."""
 
     def __init__(
-        self, endpoint: str, state_dir: Path, config: CriConfig | None = None, clock: Clock | None = None
+        self, endpoint: str, state_dir: Path, config: CriConfig | None = None, clock: Clock | None = None,
+        faults: FaultEngine | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self.faults = faults  # the fault engine every unary call consults, if any
         self.state_dir = state_dir
         self.clock = clock or RealClock()
         tick = REAL_CLOCK_TICK_NS if isinstance(self.clock, RealClock) else 0
@@ -94,8 +98,9 @@ class CriServer:
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ]
         )
-        add_service(server, cri.DESCRIPTOR.services_by_name["RuntimeService"], RuntimeService(self.runtime))
-        add_service(server, cri.DESCRIPTOR.services_by_name["ImageService"], ImageService(self.runtime))
+        around = FaultPoint(self.faults, self.runtime, self.clock) if self.faults is not None else None
+        add_service(server, cri.DESCRIPTOR.services_by_name["RuntimeService"], RuntimeService(self.runtime), around)
+        add_service(server, cri.DESCRIPTOR.services_by_name["ImageService"], ImageService(self.runtime), around)
         server.add_insecure_port(f"unix://{path}")
         await server.start()
         os.chmod(path, 0o660)
@@ -121,10 +126,13 @@ class CriServer:
         await self.stop()
 
 
-async def serve(endpoint: str, state_dir: Path, config: CriConfig) -> None:
-    """Run an emulator until SIGINT or SIGTERM."""
+async def serve(endpoint: str, state_dir: Path, config: CriConfig, faults: Path | None = None,
+                fault_seed: int = 0, fault_log: Path | None = None) -> None:
+    """Run an emulator until SIGINT or SIGTERM, with the fault plan in ``faults`` if given."""
     raise_fd_limit()
-    server = CriServer(endpoint, state_dir, config)
+    clock = RealClock()
+    engine = FaultEngine(load_plan_file(faults), clock, fault_seed, fault_log) if faults is not None else None
+    server = CriServer(endpoint, state_dir, config, clock, engine)
     await server.start()
     done = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,0 +1,148 @@
+"""Fault plans applied by the CRI emulator, through the socket: errors, delays, hangs, partial failures, crashes.
+
+The example plan of the repository (examples/faults/one-pod-flaky-sandbox.yaml) runs here as a scenario:
+one opted-in pod's RunPodSandbox fails twice with UNAVAILABLE, its image pull is slower, other pods are
+untouched, and the fired-fault log says what happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from kubeharness.clock import VirtualClock
+from kubeharness.emulators.cri.config import CriConfig
+from kubeharness.faults import FaultEngine, load_plan, load_plan_file
+from kubeharness.wire.cri import api_pb2 as api
+from kubeharness.wire.cri import api_pb2_grpc as api_grpc
+from tests.conftest import CriHarness
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "faults" / "one-pod-flaky-sandbox.yaml"
+NS = 1_000_000_000
+
+
+async def harness(tmp_path: Path, plan_text: str | None = None, plan_file: Path | None = None) -> CriHarness:
+    clock = VirtualClock()
+    plan = load_plan_file(plan_file) if plan_file else load_plan(plan_text or "rules: []")
+    h = CriHarness(root=tmp_path, clock=clock, config=CriConfig(),
+                   faults=FaultEngine(plan, clock, seed=7, log_path=tmp_path / "fired.jsonl"))
+    await h.start()
+    return h
+
+
+@pytest.fixture
+async def example(tmp_path: Path) -> AsyncIterator[CriHarness]:
+    h = await harness(tmp_path, plan_file=EXAMPLE)
+    try:
+        yield h
+    finally:
+        await h.stop()
+
+
+async def code_of(call: object) -> grpc.StatusCode:
+    try:
+        await call  # type: ignore[misc]
+    except grpc.aio.AioRpcError as err:
+        return err.code()
+    return grpc.StatusCode.OK
+
+
+async def test_the_example_plan_fails_one_pods_sandbox_twice_and_slows_its_pull(example: CriHarness) -> None:
+    flaky = example.sandbox_config(name="flaky")
+    flaky.annotations["kubeharness.io/faults"] = "flaky-sandbox,slow-pull"
+    calm = example.sandbox_config(name="calm")
+    request = api.RunPodSandboxRequest(config=flaky)
+    assert await code_of(example.runtime.RunPodSandbox(request)) == grpc.StatusCode.UNAVAILABLE
+    assert await code_of(example.runtime.RunPodSandbox(request)) == grpc.StatusCode.UNAVAILABLE
+    assert await code_of(example.runtime.RunPodSandbox(api.RunPodSandboxRequest(config=calm))) == grpc.StatusCode.OK
+    assert await code_of(example.runtime.RunPodSandbox(request)) == grpc.StatusCode.OK  # third attempt
+    # the pull for the opted-in pod takes 2 s longer than the same pull for the other pod
+    pull = api.PullImageRequest(image=api.ImageSpec(image="busybox:1.36"), sandbox_config=flaky)
+    start = example.clock.now_ns()
+    await example.drive(example.images.PullImage(pull), step=0.01)
+    slow = example.clock.now_ns() - start
+    await example.images.RemoveImage(api.RemoveImageRequest(image=api.ImageSpec(image="busybox:1.36")))
+    start = example.clock.now_ns()
+    plain = api.PullImageRequest(image=api.ImageSpec(image="busybox:1.36"), sandbox_config=calm)
+    await example.drive(example.images.PullImage(plain), step=0.01)
+    fast = example.clock.now_ns() - start
+    assert 1.9 * NS <= slow - fast <= 2.1 * NS
+    fired = [json.loads(line) for line in (example.root / "fired.jsonl").read_text().splitlines()]
+    assert [(f["rule"], f["method"]) for f in fired] == [
+        ("flaky-sandbox", "RunPodSandbox"), ("flaky-sandbox", "RunPodSandbox"), ("slow-pull", "PullImage")]
+    assert all(f["pod"] == "default/flaky" for f in fired)
+
+
+async def test_a_partial_failure_does_the_work_and_reports_an_error(tmp_path: Path) -> None:
+    h = await harness(tmp_path, """
+rules:
+  - name: leak
+    where: cri
+    method: RunPodSandbox
+    action: {partial: {code: DEADLINE_EXCEEDED, message: timed out after doing it}}
+    when: {first: 1}
+""")
+    try:
+        code = await code_of(h.runtime.RunPodSandbox(api.RunPodSandboxRequest(config=h.sandbox_config())))
+        assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+        # the sandbox exists anyway: what a kubelet must clean up after such a failure
+        assert len((await h.runtime.ListPodSandbox(api.ListPodSandboxRequest())).items) == 1
+    finally:
+        await h.stop()
+
+
+async def test_a_hang_lasts_until_the_caller_gives_up_and_the_next_call_works(tmp_path: Path) -> None:
+    h = await harness(tmp_path, """
+rules:
+  - name: stuck
+    where: cri
+    method: Version
+    action: hang
+    when: {nth: 1}
+""")
+    try:
+        code = await code_of(h.runtime.Version(api.VersionRequest(), timeout=0.3))
+        assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert (await h.runtime.Version(api.VersionRequest(), timeout=5)).runtime_api_version == "v1"
+    finally:
+        await h.stop()
+
+
+async def test_a_crash_rule_ends_the_emulator_process_and_it_restarts_with_its_state(tmp_path: Path) -> None:
+    plan = tmp_path / "crash.yaml"
+    plan.write_text("""
+rules:
+  - name: die
+    where: cri
+    method: RemovePodSandbox
+    action: {crash: {how: exit, exit_code: 3}}
+""")
+    sock, state = tmp_path / "cri.sock", tmp_path / "state"
+    cmd = [sys.executable, "-m", "kubeharness.cli", "cri", "serve", "--socket", str(sock), "--state-dir", str(state)]
+    quiet = {"stdout": asyncio.subprocess.DEVNULL, "stderr": asyncio.subprocess.DEVNULL}
+    process = await asyncio.create_subprocess_exec(*cmd, "--faults", str(plan), **quiet)  # type: ignore[arg-type]
+    try:
+        async with grpc.aio.insecure_channel(f"unix://{sock}") as channel:
+            stub = api_grpc.RuntimeServiceStub(channel)
+            await stub.Version(api.VersionRequest(), wait_for_ready=True, timeout=20)
+            config = api.PodSandboxConfig(metadata=api.PodSandboxMetadata(name="p", namespace="n", uid="u"))
+            sid = (await stub.RunPodSandbox(api.RunPodSandboxRequest(config=config), timeout=10)).pod_sandbox_id
+            code = await code_of(stub.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=sid), timeout=10))
+            assert code == grpc.StatusCode.UNAVAILABLE
+        assert await asyncio.wait_for(process.wait(), 20) == 3
+        # restarted without the plan: the sandbox is still there
+        process = await asyncio.create_subprocess_exec(*cmd, **quiet)  # type: ignore[arg-type]
+        async with grpc.aio.insecure_channel(f"unix://{sock}") as channel:
+            stub = api_grpc.RuntimeServiceStub(channel)
+            listed = await stub.ListPodSandbox(api.ListPodSandboxRequest(), wait_for_ready=True, timeout=20)
+            assert [item.id for item in listed.items] == [sid]
+    finally:
+        if process.returncode is None:
+            process.terminate()
+            await asyncio.wait_for(process.wait(), 10)
