@@ -4,6 +4,7 @@
     kubeharness bench cri [--endpoint unix://PATH] [--cycles N] [--concurrency K] [--live-pods N] [--json FILE]
     kubeharness bench shell [--containers N] [--seconds S]
     kubeharness env up|down|status [--run-dir DIR] [--registry-port N]
+    kubeharness faults list|load PLAN|replace PLAN|clear|fired --control SOCKET
     kubeharness demo
 """
 
@@ -27,7 +28,8 @@ def _cri_serve(args: argparse.Namespace) -> int:
     keep_large_buffers()
     faults = Path(args.faults) if args.faults else None
     fault_log = Path(args.fault_log) if args.fault_log else None
-    asyncio.run(serve(args.socket, Path(args.state_dir), config, faults, args.fault_seed, fault_log))
+    control = Path(args.fault_control) if args.fault_control else None
+    asyncio.run(serve(args.socket, Path(args.state_dir), config, faults, args.fault_seed, fault_log, control))
     return 0
 
 
@@ -60,6 +62,28 @@ def _env(args: argparse.Namespace) -> int:
     return 0
 
 
+def _faults(args: argparse.Namespace) -> int:
+    import json
+
+    from kubeharness.faults.control import FaultControl
+
+    control = FaultControl(Path(args.control))
+    try:
+        fields = {}
+        if args.action in ("load", "replace"):
+            fields = {"plan": Path(args.plan).read_text(), "source": args.plan}
+        answer = asyncio.run(control.call(args.action, **fields))
+    except OSError as err:
+        raise KubeharnessError(f"{err.filename or args.control}: {err.strerror or err}") from None
+    answer.pop("ok", None)
+    for key, value in answer.items():
+        for item in value:
+            print(json.dumps(item, sort_keys=True))
+        if not value:
+            print(f"({key}: none)")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from kubeharness.demo import main as demo_main
 
@@ -79,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--faults", metavar="FILE", help="a fault plan (YAML) to apply to every call")
     serve.add_argument("--fault-seed", type=int, default=0, help="seed of the plan's probabilities")
     serve.add_argument("--fault-log", metavar="FILE", help="append every fired fault to FILE as JSON lines")
+    serve.add_argument("--fault-control", metavar="PATH",
+                       help="the fault control socket (default: STATE_DIR/faults.sock, owner-only)")
     serve.set_defaults(func=_cri_serve)
 
     bench = sub.add_parser("bench", help="benchmarks that print figures").add_subparsers(dest="target", required=True)
@@ -106,6 +132,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench_shell.add_argument("--containers", type=int, default=1000, help="containers running the log loop")
     bench_shell.add_argument("--seconds", type=float, default=60.0, help="virtual seconds to advance the clock")
     bench_shell.set_defaults(func=_bench_shell)
+
+    faults = sub.add_parser("faults", help="change an emulator's fault rules at run time, read what fired")
+    fault_actions = faults.add_subparsers(dest="action", required=True)
+    for action, text in (("list", "the rules in force"), ("load", "add the rules of a plan file"),
+                         ("replace", "put a plan file in force instead"), ("clear", "no rules"),
+                         ("fired", "the fired-fault log")):
+        one = fault_actions.add_parser(action, help=text)
+        one.add_argument("--control", required=True, help="the emulator's fault control socket")
+        if action in ("load", "replace"):
+            one.add_argument("plan", help="a fault plan (YAML)")
+        one.set_defaults(func=_faults)
 
     from kubeharness.env.layout import DEFAULT_REGISTRY_PORT, DEFAULT_RUN_DIR
 

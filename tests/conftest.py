@@ -40,6 +40,7 @@ class CriHarness:
     config: CriConfig
     server: CriServer | None = None
     faults: FaultEngine | None = None  # a fault engine the server consults on every call
+    fault_control: Path | None = None  # and its control socket
     channel: grpc.aio.Channel | None = None
     runtime: api_grpc.RuntimeServiceAsyncStub = field(init=False)
     images: api_grpc.ImageServiceAsyncStub = field(init=False)
@@ -57,7 +58,7 @@ class CriHarness:
         return self.root / "pods"
 
     async def start(self) -> None:
-        self.server = CriServer(self.socket, self.state_dir, self.config, self.clock, self.faults)
+        self.server = CriServer(self.socket, self.state_dir, self.config, self.clock, self.faults, self.fault_control)
         await self.server.start()
         self.channel = grpc.aio.insecure_channel(f"unix://{self.socket}", options=CHANNEL_OPTIONS)
         self.runtime = api_grpc.RuntimeServiceStub(self.channel)

@@ -18,7 +18,9 @@ import pytest
 
 from kubeharness.clock import VirtualClock
 from kubeharness.emulators.cri.config import CriConfig
+from kubeharness.errors import InvalidArgument
 from kubeharness.faults import FaultEngine, load_plan, load_plan_file
+from kubeharness.faults.control import FaultControl
 from kubeharness.wire.cri import api_pb2 as api
 from kubeharness.wire.cri import api_pb2_grpc as api_grpc
 from tests.conftest import CriHarness
@@ -146,3 +148,71 @@ rules:
         if process.returncode is None:
             process.terminate()
             await asyncio.wait_for(process.wait(), 10)
+
+
+async def test_the_control_socket_changes_rules_at_run_time(tmp_path: Path) -> None:
+    clock = VirtualClock()
+    control_path = tmp_path / "faults.sock"
+    h = CriHarness(root=tmp_path, clock=clock, config=CriConfig(),
+                   faults=FaultEngine(load_plan("rules: []"), clock, seed=1), fault_control=control_path)
+    await h.start()
+    try:
+        assert control_path.stat().st_mode & 0o777 == 0o600  # owner only
+        control = FaultControl(control_path)
+        assert await control.rules() == []
+        rules = await control.load("""
+rules:
+  - name: no-version
+    where: cri
+    method: Version
+    action: {error: {code: UNAVAILABLE, message: try later}}
+""")
+        assert [r["name"] for r in rules] == ["no-version"]
+        assert await code_of(h.runtime.Version(api.VersionRequest())) == grpc.StatusCode.UNAVAILABLE
+        # a bad plan is refused naming the line, and the rules in force stay
+        with pytest.raises(InvalidArgument, match="line 4"):
+            await control.replace("rules:\n  - name: x\n    where: cri\n    method: RunPodSandbx\n    action: hang\n")
+        assert [r["name"] for r in await control.rules()] == ["no-version"]
+        fired = await control.fired()
+        assert [(f["rule"], f["method"]) for f in fired] == [("no-version", "Version")]
+        await control.clear()
+        assert await code_of(h.runtime.Version(api.VersionRequest())) == grpc.StatusCode.OK
+        assert len(await control.fired()) == 1  # the log stays
+    finally:
+        await h.stop()
+    assert not control_path.exists()
+
+
+async def test_kubeharness_faults_commands_speak_to_a_running_emulator(tmp_path: Path) -> None:
+    sock, state, control = tmp_path / "cri.sock", tmp_path / "state", tmp_path / "state" / "faults.sock"
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("rules:\n  - {name: slow, where: cri, method: Version, action: {error: {code: ABORTED}}}\n")
+    cli = [sys.executable, "-m", "kubeharness.cli"]
+    quiet = {"stdout": asyncio.subprocess.DEVNULL, "stderr": asyncio.subprocess.DEVNULL}
+    process = await asyncio.create_subprocess_exec(*cli, "cri", "serve", "--socket", str(sock), "--state-dir",
+                                                   str(state), **quiet)  # type: ignore[arg-type]
+
+    async def faults(*args: str) -> tuple[int, str]:
+        run = await asyncio.create_subprocess_exec(*cli, "faults", *args, "--control", str(control),
+                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await run.communicate()
+        return int(run.returncode or 0), (out + err).decode()
+
+    try:
+        async with grpc.aio.insecure_channel(f"unix://{sock}") as channel:
+            stub = api_grpc.RuntimeServiceStub(channel)
+            await stub.Version(api.VersionRequest(), wait_for_ready=True, timeout=20)
+            code, out = await faults("load", str(plan))
+            assert code == 0 and '"name": "slow"' in out
+            code, out = await faults("list")
+            assert code == 0 and '"name": "slow"' in out
+            assert await code_of(stub.Version(api.VersionRequest(), timeout=10)) == grpc.StatusCode.ABORTED
+            code, out = await faults("fired")
+            assert code == 0 and '"rule": "slow"' in out
+            assert (await faults("clear"))[0] == 0
+            assert await code_of(stub.Version(api.VersionRequest(), timeout=10)) == grpc.StatusCode.OK
+        code, out = await faults("load", str(tmp_path / "missing.yaml"))
+        assert code == 2 and "missing.yaml" in out and "Traceback" not in out
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), 10)

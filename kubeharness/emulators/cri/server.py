@@ -26,7 +26,8 @@ from kubeharness.emulators.cri.faultpoint import FaultPoint
 from kubeharness.emulators.cri.runtime import Runtime
 from kubeharness.emulators.cri.service import ImageService, RuntimeService
 from kubeharness.errors import FailedPrecondition
-from kubeharness.faults import FaultEngine, load_plan_file
+from kubeharness.faults import FaultEngine, FaultPlan, load_plan_file
+from kubeharness.faults.control import ControlServer
 from kubeharness.grpcserve import add_service
 from kubeharness.wire.cri import api_pb2 as cri
 
@@ -70,10 +71,12 @@ class CriServer:
 
     def __init__(
         self, endpoint: str, state_dir: Path, config: CriConfig | None = None, clock: Clock | None = None,
-        faults: FaultEngine | None = None,
+        faults: FaultEngine | None = None, fault_control: Path | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.faults = faults  # the fault engine every unary call consults, if any
+        # its control socket (owner-only), where rules are changed and the fired log read at run time
+        self.control = ControlServer(faults, fault_control) if faults is not None and fault_control else None
         self.state_dir = state_dir
         self.clock = clock or RealClock()
         tick = REAL_CLOCK_TICK_NS if isinstance(self.clock, RealClock) else 0
@@ -105,9 +108,13 @@ class CriServer:
         await server.start()
         os.chmod(path, 0o660)
         self._server = server
+        if self.control is not None:
+            await self.control.start()
         log.info("CRI emulator serving on unix://%s, state in %s", path, self.state_dir)
 
     async def stop(self, grace: float | None = 1.0) -> None:
+        if self.control is not None:
+            await self.control.stop()
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
@@ -127,12 +134,15 @@ class CriServer:
 
 
 async def serve(endpoint: str, state_dir: Path, config: CriConfig, faults: Path | None = None,
-                fault_seed: int = 0, fault_log: Path | None = None) -> None:
-    """Run an emulator until SIGINT or SIGTERM, with the fault plan in ``faults`` if given."""
+                fault_seed: int = 0, fault_log: Path | None = None, fault_control: Path | None = None) -> None:
+    """Run an emulator until SIGINT or SIGTERM, with the fault plan in ``faults`` (or none, changeable at
+    run time through the control socket, by default ``state_dir/faults.sock``)."""
     raise_fd_limit()
     clock = RealClock()
-    engine = FaultEngine(load_plan_file(faults), clock, fault_seed, fault_log) if faults is not None else None
-    server = CriServer(endpoint, state_dir, config, clock, engine)
+    plan = load_plan_file(faults) if faults is not None else FaultPlan()
+    engine = FaultEngine(plan, clock, fault_seed, fault_log)
+    control = fault_control or state_dir / "faults.sock"
+    server = CriServer(endpoint, state_dir, config, clock, engine, control)
     await server.start()
     done = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,0 +1,138 @@
+"""The fault control socket: load, replace, list and clear rules and read the fired-fault log at run time.
+
+Each emulator serves its engine on a unix socket of its own, readable and writable by its owner only
+(0600). The protocol is one JSON object per line each way: a request ``{"op": ..., ...}`` and its answer
+``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``. Operations:
+
+- ``list``: the rules in force (as plan dictionaries);
+- ``load`` with ``plan`` (YAML text): add its rules after the ones in force;
+- ``replace`` with ``plan``: put this plan in force instead;
+- ``clear``: no rules (the fired-fault log stays);
+- ``fired``: the fired-fault log, oldest first.
+
+Changing the rules starts their counters afresh. A bad plan is refused with the validation error (naming
+the line) and the rules in force stay as they were. :class:`FaultControl` is the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from kubeharness.errors import InvalidArgument, KubeharnessError
+from kubeharness.faults.engine import FaultEngine
+from kubeharness.faults.plan import FaultPlan, load_plan
+
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
+
+
+def _combined(current: FaultPlan, extra: FaultPlan) -> FaultPlan:
+    names = {rule.name for rule in current.rules}
+    clash = sorted(names & {rule.name for rule in extra.rules})
+    if clash:
+        raise InvalidArgument(f"rule(s) {', '.join(clash)} are already loaded: replace the plan, or rename them")
+    return FaultPlan(rules=(*current.rules, *extra.rules))
+
+
+def handle(engine: FaultEngine, request: dict[str, Any]) -> dict[str, Any]:
+    """One control request against ``engine``; the answer to send back."""
+    op = request.get("op")
+    if op == "list":
+        return {"ok": True, "rules": [rule.as_dict() for rule in engine.rules()]}
+    if op == "fired":
+        return {"ok": True, "fired": [entry.as_dict() for entry in engine.fired()]}
+    if op == "clear":
+        engine.clear()
+        return {"ok": True, "rules": []}
+    if op in ("load", "replace"):
+        text = request.get("plan")
+        if not isinstance(text, str):
+            raise InvalidArgument(f"{op} needs 'plan': the plan's YAML text")
+        plan = load_plan(text, source=str(request.get("source") or "<control>"))
+        engine.replace(plan if op == "replace" else _combined(engine.plan, plan))
+        return {"ok": True, "rules": [rule.as_dict() for rule in engine.rules()]}
+    raise InvalidArgument(f"unknown operation {op!r}: list, load, replace, clear or fired")
+
+
+class ControlServer:
+    """Serves ``engine`` on the unix socket ``path`` (owner-only)."""
+
+    def __init__(self, engine: FaultEngine, path: Path) -> None:
+        self.engine = engine
+        self.path = path
+        self._server: asyncio.base_events.Server | None = None
+
+    async def start(self) -> None:
+        if self.path.exists() or self.path.is_symlink():
+            self.path.unlink()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        old = os.umask(0o177)  # the socket is born 0600: nobody else may change the rules
+        try:
+            self._server = await asyncio.start_unix_server(self._serve, path=str(self.path),
+                                                           limit=MAX_REQUEST_BYTES)
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o600)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                try:
+                    request = json.loads(line)
+                    if not isinstance(request, dict):
+                        raise InvalidArgument("a request is a JSON object")
+                    answer = handle(self.engine, request)
+                except KubeharnessError as err:
+                    answer = {"ok": False, "error": err.message}
+                except ValueError as err:
+                    answer = {"ok": False, "error": f"not JSON: {err}"}
+                writer.write((json.dumps(answer) + "\n").encode())
+                await writer.drain()
+        except (ConnectionError, asyncio.LimitOverrunError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        self.path.unlink(missing_ok=True)
+
+
+class FaultControl:
+    """Client of a control socket: ``await FaultControl(path).call("list")``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    async def call(self, op: str, **fields: Any) -> dict[str, Any]:
+        reader, writer = await asyncio.open_unix_connection(str(self.path), limit=MAX_REQUEST_BYTES)
+        try:
+            writer.write((json.dumps({"op": op, **fields}) + "\n").encode())
+            await writer.drain()
+            answer: dict[str, Any] = json.loads(await reader.readline())
+        finally:
+            writer.close()
+        if not answer.get("ok"):
+            raise InvalidArgument(str(answer.get("error", "the control socket refused the request")))
+        return answer
+
+    async def rules(self) -> list[dict[str, Any]]:
+        return list((await self.call("list"))["rules"])
+
+    async def load(self, plan_text: str) -> list[dict[str, Any]]:
+        return list((await self.call("load", plan=plan_text))["rules"])
+
+    async def replace(self, plan_text: str) -> list[dict[str, Any]]:
+        return list((await self.call("replace", plan=plan_text))["rules"])
+
+    async def clear(self) -> None:
+        await self.call("clear")
+
+    async def fired(self) -> list[dict[str, Any]]:
+        return list((await self.call("fired"))["fired"])
