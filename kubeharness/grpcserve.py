@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf import message_factory
@@ -44,9 +44,19 @@ def _deserializer(request_cls: Any) -> Callable[[bytes], Any]:
 
 
 UnaryImpl = Callable[[Any], Awaitable[Any]]
-# Wraps every unary call: (RPC name, request, the work) -> the response; how a fault engine steps in.
-Around = Callable[[str, Any, Callable[[], Awaitable[Any]]], Awaitable[Any]]
 StreamImpl = Callable[[Any], AsyncIterator[Any]]
+
+
+class Around(Protocol):
+    """Wraps every call, how a fault engine steps in: ``around(name, request, work)`` for a unary call
+    (returns the response), ``around.stream(name, request, open_stream)`` for a server stream (returns
+    the stream the client gets)."""
+
+    def __call__(self, method: str, request: Any, work: Callable[[], Awaitable[Any]]) -> Awaitable[Any]: ...
+
+    def stream(
+        self, method: str, request: Any, open_stream: Callable[[], AsyncIterator[Any]]
+    ) -> AsyncIterator[Any]: ...
 
 
 def _unary(
@@ -70,12 +80,15 @@ def _unary(
     return call
 
 
-def _stream(name: str, fn: StreamImpl) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]:
+def _stream(
+    name: str, fn: StreamImpl, around: Around | None = None
+) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]:
     async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         if isinstance(request, _Undecodable):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
         try:
-            async for item in fn(request):
+            stream = fn(request) if around is None else around.stream(name, request, lambda: fn(request))
+            async for item in stream:
                 yield item
         except KubeharnessError as err:
             await context.abort(err.code, err.message)
@@ -120,7 +133,7 @@ def method_handlers(
             raise TypeError(f"{method.full_name}: client streaming is not supported")
         if method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
-                _stream(method.name, fn),
+                _stream(method.name, fn, around),
                 request_deserializer=_deserializer(request_cls),
                 response_serializer=_serializer(response_cls),
             )
@@ -136,7 +149,7 @@ def method_handlers(
 def add_service(
     server: grpc.aio.Server, service: ServiceDescriptor, impl: object, around: Around | None = None
 ) -> None:
-    """Register ``impl`` as the implementation of ``service`` on ``server`` (unary calls wrapped by ``around``)."""
+    """Register ``impl`` as the implementation of ``service`` on ``server`` (every call wrapped by ``around``)."""
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, method_handlers(service, impl, around)),)
     )

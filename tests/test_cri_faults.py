@@ -216,3 +216,85 @@ async def test_kubeharness_faults_commands_speak_to_a_running_emulator(tmp_path:
     finally:
         process.terminate()
         await asyncio.wait_for(process.wait(), 10)
+
+
+# -- faults on the server stream (GetContainerEvents) -------------------------------------------------------
+
+STREAM_PLAN = """
+rules:
+  - name: events
+    where: cri
+    method: GetContainerEvents
+    action: {action}
+    when: {{first: 1}}
+"""
+
+
+async def stream_harness(tmp_path: Path, action: str) -> CriHarness:
+    return await harness(tmp_path, STREAM_PLAN.format(action=action))
+
+
+async def test_an_error_ends_the_event_stream_before_any_event_and_the_next_subscription_works(
+    tmp_path: Path,
+) -> None:
+    h = await stream_harness(tmp_path, "{error: {code: UNAVAILABLE, message: events are down}}")
+    try:
+        stream = h.runtime.GetContainerEvents(api.GetEventsRequest())
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await stream.read()
+        assert (failed.value.code(), failed.value.details()) == (grpc.StatusCode.UNAVAILABLE, "events are down")
+        again = h.runtime.GetContainerEvents(api.GetEventsRequest())
+        await asyncio.sleep(0.05)  # subscribed before the sandbox starts
+        sandbox_id = await h.run_sandbox()
+        event = await asyncio.wait_for(again.read(), 5)
+        assert (event.container_id, event.container_event_type) == (sandbox_id, api.CONTAINER_CREATED_EVENT)
+        again.cancel()
+    finally:
+        await h.stop()
+
+
+async def test_a_partial_stream_delivers_one_event_then_fails(tmp_path: Path) -> None:
+    h = await stream_harness(tmp_path, "{partial: {code: INTERNAL, message: stream broke}}")
+    try:
+        stream = h.runtime.GetContainerEvents(api.GetEventsRequest())
+        await asyncio.sleep(0.05)
+        sandbox_id = await h.run_sandbox()
+        first = await asyncio.wait_for(stream.read(), 5)
+        assert first.container_id == sandbox_id
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await asyncio.wait_for(stream.read(), 5)
+        assert failed.value.code() == grpc.StatusCode.INTERNAL
+    finally:
+        await h.stop()
+
+
+async def test_a_delay_after_holds_every_event_on_the_clock(tmp_path: Path) -> None:
+    h = await stream_harness(tmp_path, "{delay: {seconds: 3, when: after}}")
+    try:
+        stream = h.runtime.GetContainerEvents(api.GetEventsRequest())
+        await asyncio.sleep(0.05)
+        await h.run_sandbox(h.sandbox_config(name="one"))
+        await h.run_sandbox(h.sandbox_config(name="two"))
+        start = h.clock.now_ns()
+        await h.drive(stream.read(), step=0.1)
+        await h.drive(stream.read(), step=0.1)
+        # each event waits 3 virtual seconds before it is sent
+        assert 5.9 * NS <= h.clock.now_ns() - start <= 6.5 * NS
+        stream.cancel()
+    finally:
+        await h.stop()
+
+
+async def test_a_hung_stream_stays_open_and_delivers_nothing(tmp_path: Path) -> None:
+    h = await stream_harness(tmp_path, "hang")
+    try:
+        stream = h.runtime.GetContainerEvents(api.GetEventsRequest(), timeout=0.5)
+        await h.run_sandbox()
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await stream.read()
+        assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        fired = [json.loads(line) for line in (h.root / "fired.jsonl").read_text().splitlines()]
+        assert [(f["rule"], f["method"], f["action"]) for f in fired] == [
+            ("events", "GetContainerEvents", {"hang": {}})]
+    finally:
+        await h.stop()

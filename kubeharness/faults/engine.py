@@ -191,6 +191,7 @@ class FaultEngine:
         """Put ``plan`` in force: counters and random generators start afresh, ``after`` counts from now."""
         self._plan = plan
         self._states = [_RuleState(rule, self._seed) for rule in plan.rules]
+        self._watched = frozenset((rule.where, rule.method) for rule in plan.rules)
         self._loaded_ns = self._clock.now_ns()
 
     def clear(self) -> None:
@@ -201,10 +202,24 @@ class FaultEngine:
         """Every fault fired so far, oldest first."""
         return list(self._fired)
 
-    def decide(self, where: str, method: str, call: CallInfo | None = None) -> Decision | None:
-        """Count this call for every rule it matches and return what the first firing rule does, if any."""
-        if where not in WHERES:
-            raise ValueError(f"unknown where {where!r}; expected one of {', '.join(WHERES)}")
+    def watches(self, method: str, *wheres: str) -> bool:
+        """Whether any rule in force concerns ``method`` at one of ``wheres``: a cheap test before
+        describing a call (which may cost a look-up) for :meth:`decide`."""
+        watched = self._watched
+        return any((where, method) in watched or (where, ANY_METHOD) in watched for where in wheres)
+
+    def decide(
+        self, where: str, method: str, call: CallInfo | None = None, *, also: tuple[str, ...] = ()
+    ) -> Decision | None:
+        """Count this call for every rule it matches and return what the first firing rule does, if any.
+
+        ``where`` is the component asking (and what the log records); rules written for the places in
+        ``also`` apply too: the CRI proxy asks as ``proxy`` with ``also=("cri",)``, so that a plan
+        written for the CRI emulator runs unchanged in front of a real runtime."""
+        wheres = (where, *also)
+        for one in wheres:
+            if one not in WHERES:
+                raise ValueError(f"unknown where {one!r}; expected one of {', '.join(WHERES)}")
         info = call if call is not None else CallInfo()
         opted = info.opted_in()
         now = self._clock.now_ns()
@@ -212,7 +227,7 @@ class FaultEngine:
         shadowed: list[str] = []
         for state in self._states:
             rule = state.rule
-            if rule.where != where or (rule.method != ANY_METHOD and rule.method != method):
+            if rule.where not in wheres or (rule.method != ANY_METHOD and rule.method != method):
                 continue
             matched = _matched(rule, info, opted)
             if matched is None:
