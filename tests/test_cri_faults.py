@@ -247,6 +247,7 @@ async def test_an_error_ends_the_event_stream_before_any_event_and_the_next_subs
         await asyncio.sleep(0.05)  # subscribed before the sandbox starts
         sandbox_id = await h.run_sandbox()
         event = await asyncio.wait_for(again.read(), 5)
+        assert isinstance(event, api.ContainerEventResponse)
         assert (event.container_id, event.container_event_type) == (sandbox_id, api.CONTAINER_CREATED_EVENT)
         again.cancel()
     finally:
@@ -260,6 +261,7 @@ async def test_a_partial_stream_delivers_one_event_then_fails(tmp_path: Path) ->
         await asyncio.sleep(0.05)
         sandbox_id = await h.run_sandbox()
         first = await asyncio.wait_for(stream.read(), 5)
+        assert isinstance(first, api.ContainerEventResponse)
         assert first.container_id == sandbox_id
         with pytest.raises(grpc.aio.AioRpcError) as failed:
             await asyncio.wait_for(stream.read(), 5)
