@@ -11,6 +11,9 @@ without leaking a traceback to the client.
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
@@ -18,7 +21,7 @@ import grpc
 from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
-from kubeharness.errors import KubeharnessError
+from kubeharness.errors import FailedPrecondition, KubeharnessError
 
 log = logging.getLogger(__name__)
 
@@ -153,3 +156,23 @@ def add_service(
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, method_handlers(service, impl, around)),)
     )
+
+
+def clear_stale_socket(path: str) -> None:
+    """Make room for a server's unix socket: one left by a crashed server goes; a live server's socket or
+    a file that is not a socket is refused (FAILED_PRECONDITION)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise FailedPrecondition(f"{path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)  # nobody listens: left over from a crash
+        return
+    finally:
+        probe.close()
+    raise FailedPrecondition(f"another process is already serving on {path}")

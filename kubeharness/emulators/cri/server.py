@@ -14,8 +14,6 @@ import logging
 import os
 import resource
 import signal
-import socket
-import stat
 from pathlib import Path
 
 import grpc
@@ -28,7 +26,7 @@ from kubeharness.emulators.cri.service import ImageService, RuntimeService
 from kubeharness.errors import FailedPrecondition
 from kubeharness.faults import FaultEngine, FaultPlan, load_plan_file
 from kubeharness.faults.control import ControlServer
-from kubeharness.grpcserve import add_service
+from kubeharness.grpcserve import add_service, clear_stale_socket
 from kubeharness.wire.cri import api_pb2 as cri
 
 log = logging.getLogger(__name__)
@@ -40,24 +38,6 @@ REAL_CLOCK_TICK_NS = 20_000_000  # batch log writes to at most 50 wakes per seco
 def socket_path(endpoint: str) -> str:
     """``unix:///run/x.sock`` or ``/run/x.sock`` -> ``/run/x.sock``."""
     return endpoint.removeprefix("unix://")
-
-
-def _clear_stale_socket(path: str) -> None:
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise FailedPrecondition(f"{path} exists and is not a socket; refusing to replace it")
-    probe = socket.socket(socket.AF_UNIX)
-    try:
-        probe.connect(path)
-    except OSError:
-        os.unlink(path)  # nobody listens: left over from a crash
-        return
-    finally:
-        probe.close()
-    raise FailedPrecondition(f"another process is already serving on {path}")
 
 
 def raise_fd_limit() -> None:
@@ -93,7 +73,7 @@ class CriServer:
     async def start(self) -> None:
         path = socket_path(self.endpoint)
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        _clear_stale_socket(path)
+        clear_stale_socket(path)
         self.runtime.load()
         server = grpc.aio.server(
             options=[
