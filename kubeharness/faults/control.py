@@ -11,7 +11,9 @@ Each emulator serves its engine on a unix socket of its own, readable and writab
 - ``fired``: the fired-fault log, oldest first.
 
 Changing the rules starts their counters afresh. A bad plan is refused with the validation error (naming
-the line) and the rules in force stay as they were. :class:`FaultControl` is the client.
+the line) and the rules in force stay as they were. :class:`FaultControl` is the client for asyncio code,
+:class:`BlockingFaultControl` the same for code without an event loop; both take a plan as YAML text or as
+Python data (validated on the client first, so that errors name the path such as ``rules[0].method``).
 """
 
 from __future__ import annotations
@@ -19,12 +21,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from kubeharness.errors import InvalidArgument, KubeharnessError
+import yaml
+
+from kubeharness.errors import InvalidArgument, KubeharnessError, Unavailable
 from kubeharness.faults.engine import FaultEngine
-from kubeharness.faults.plan import FaultPlan, load_plan
+from kubeharness.faults.plan import FaultPlan, load_plan, plan_from_dict
 
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 
@@ -104,8 +110,40 @@ class ControlServer:
         self.path.unlink(missing_ok=True)
 
 
+PlanSource = str | Mapping[str, Any]
+"""A plan for ``load``/``replace``: YAML text, or the same structure as Python data."""
+
+
+def plan_text(plan: PlanSource) -> str:
+    """The YAML text to send for ``plan``; Python data is validated here first, so errors name its path."""
+    if isinstance(plan, str):
+        return plan
+    plan_from_dict(plan)
+    return yaml.safe_dump(dict(plan), sort_keys=False)
+
+
+def encode_request(op: str, **fields: Any) -> bytes:
+    """One request line of the protocol."""
+    return (json.dumps({"op": op, **fields}) + "\n").encode()
+
+
+def decode_answer(line: bytes) -> dict[str, Any]:
+    """The answer in ``line``; a refusal raises InvalidArgument with the server's words."""
+    if not line:
+        raise Unavailable("the fault control socket closed the connection without answering")
+    answer = json.loads(line)
+    if not isinstance(answer, dict) or not answer.get("ok"):
+        error = answer.get("error") if isinstance(answer, dict) else None
+        raise InvalidArgument(str(error or "the control socket refused the request"))
+    return answer
+
+
 class FaultControl:
-    """Client of a control socket: ``await FaultControl(path).call("list")``."""
+    """Async client of a control socket: ``await FaultControl(path).rules()``.
+
+    Connection problems raise ``OSError`` (the emulator is not running, or not there yet); a request the
+    emulator refuses (such as a bad plan) raises InvalidArgument with its reason.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -113,26 +151,59 @@ class FaultControl:
     async def call(self, op: str, **fields: Any) -> dict[str, Any]:
         reader, writer = await asyncio.open_unix_connection(str(self.path), limit=MAX_REQUEST_BYTES)
         try:
-            writer.write((json.dumps({"op": op, **fields}) + "\n").encode())
+            writer.write(encode_request(op, **fields))
             await writer.drain()
-            answer: dict[str, Any] = json.loads(await reader.readline())
+            line = await reader.readline()
         finally:
             writer.close()
-        if not answer.get("ok"):
-            raise InvalidArgument(str(answer.get("error", "the control socket refused the request")))
-        return answer
+        return decode_answer(line)
 
     async def rules(self) -> list[dict[str, Any]]:
         return list((await self.call("list"))["rules"])
 
-    async def load(self, plan_text: str) -> list[dict[str, Any]]:
-        return list((await self.call("load", plan=plan_text))["rules"])
+    async def load(self, plan: PlanSource, source: str | None = None) -> list[dict[str, Any]]:
+        return list((await self.call("load", plan=plan_text(plan), source=source))["rules"])
 
-    async def replace(self, plan_text: str) -> list[dict[str, Any]]:
-        return list((await self.call("replace", plan=plan_text))["rules"])
+    async def replace(self, plan: PlanSource, source: str | None = None) -> list[dict[str, Any]]:
+        return list((await self.call("replace", plan=plan_text(plan), source=source))["rules"])
 
     async def clear(self) -> None:
         await self.call("clear")
 
     async def fired(self) -> list[dict[str, Any]]:
         return list((await self.call("fired"))["fired"])
+
+
+class BlockingFaultControl:
+    """The same client for code without an event loop (plain tests, scripts): ``BlockingFaultControl(path).rules()``.
+
+    Each call waits at most ``timeout`` seconds (``TimeoutError``, an ``OSError``).
+    """
+
+    def __init__(self, path: Path, timeout: float = 10.0) -> None:
+        self.path = path
+        self.timeout = timeout
+
+    def call(self, op: str, **fields: Any) -> dict[str, Any]:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(self.timeout)
+            sock.connect(str(self.path))
+            sock.sendall(encode_request(op, **fields))
+            with sock.makefile("rb") as answer:
+                line = answer.readline()
+        return decode_answer(line)
+
+    def rules(self) -> list[dict[str, Any]]:
+        return list(self.call("list")["rules"])
+
+    def load(self, plan: PlanSource, source: str | None = None) -> list[dict[str, Any]]:
+        return list(self.call("load", plan=plan_text(plan), source=source)["rules"])
+
+    def replace(self, plan: PlanSource, source: str | None = None) -> list[dict[str, Any]]:
+        return list(self.call("replace", plan=plan_text(plan), source=source)["rules"])
+
+    def clear(self) -> None:
+        self.call("clear")
+
+    def fired(self) -> list[dict[str, Any]]:
+        return list(self.call("fired")["fired"])
