@@ -1,7 +1,9 @@
 """The ``kubeharness`` command: one entry point, a subcommand per component.
 
-    kubeharness cri serve --socket PATH --state-dir DIR [--config FILE]
+    kubeharness cri serve --socket PATH --state-dir DIR [--config FILE] [--restart-on-crash [--max-restarts N]]
+    kubeharness cri proxy --listen unix://A --upstream unix://B [--faults FILE] [--restart-on-crash]
     kubeharness bench cri [--endpoint unix://PATH] [--cycles N] [--concurrency K] [--live-pods N] [--json FILE]
+    kubeharness bench proxy [--upstream unix://PATH] [--cycles N]
     kubeharness bench shell [--containers N] [--seconds S]
     kubeharness env up|down|status [--run-dir DIR] [--registry-port N]
     kubeharness faults list|load PLAN|replace PLAN|clear|fired --control SOCKET
@@ -21,6 +23,14 @@ from kubeharness.memtune import keep_large_buffers
 
 
 def _cri_serve(args: argparse.Namespace) -> int:
+    if args.max_restarts is not None and (args.max_restarts < 0 or not args.restart_on_crash):
+        raise KubeharnessError("--max-restarts takes a count of 0 or more, with --restart-on-crash")
+    if args.restart_on_crash:
+        from kubeharness.supervise import run_supervised, supervised_argv
+
+        child = supervised_argv(args.argv, drop={"--restart-on-crash": 0, "--max-restarts": 1})
+        return run_supervised([sys.executable, "-m", "kubeharness.cli", *child], max_restarts=args.max_restarts,
+                              name="CRI emulator")
     from kubeharness.emulators.cri.config import CriConfig
     from kubeharness.emulators.cri.server import serve
 
@@ -33,11 +43,32 @@ def _cri_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cri_proxy(args: argparse.Namespace) -> int:
+    if args.restart_on_crash:
+        from kubeharness.supervise import run_supervised, supervised_argv
+
+        child = supervised_argv(args.argv, drop={"--restart-on-crash": 0})
+        return run_supervised([sys.executable, "-m", "kubeharness.cli", *child], name="CRI proxy")
+    from kubeharness.proxy.server import serve as proxy_serve
+
+    faults = Path(args.faults) if args.faults else None
+    fault_log = Path(args.fault_log) if args.fault_log else None
+    control = Path(args.fault_control) if args.fault_control else None
+    asyncio.run(proxy_serve(args.listen, args.upstream, faults, args.fault_seed, fault_log, control))
+    return 0
+
+
 def _bench_cri(args: argparse.Namespace) -> int:
     from kubeharness.bench.cri import main as bench_main
 
     keep_large_buffers()  # the client side of 8 MiB list answers, so the figures are the runtime's
     return bench_main(args)
+
+
+def _bench_proxy(args: argparse.Namespace) -> int:
+    from kubeharness.bench.proxy import main as proxy_main
+
+    return proxy_main(args)
 
 
 def _bench_shell(args: argparse.Namespace) -> int:
@@ -105,7 +136,22 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--fault-log", metavar="FILE", help="append every fired fault to FILE as JSON lines")
     serve.add_argument("--fault-control", metavar="PATH",
                        help="the fault control socket (default: STATE_DIR/faults.sock, owner-only)")
+    serve.add_argument("--restart-on-crash", action="store_true",
+                       help="run the emulator as a child process and restart it whenever it crashes")
+    serve.add_argument("--max-restarts", type=int, metavar="N", help="with --restart-on-crash: give up after N")
     serve.set_defaults(func=_cri_serve)
+
+    proxy = cri.add_parser("proxy", help="forward CRI to a real runtime, applying fault plans on the way")
+    proxy.add_argument("--listen", required=True, help="unix socket (path or unix:// URL) to serve CRI on")
+    proxy.add_argument("--upstream", required=True, help="the runtime's CRI endpoint, e.g. unix:///run/containerd.sock")
+    proxy.add_argument("--faults", metavar="FILE", help="a fault plan (YAML); rules for 'proxy' and 'cri' apply")
+    proxy.add_argument("--fault-seed", type=int, default=0, help="seed of the plan's probabilities")
+    proxy.add_argument("--fault-log", metavar="FILE", help="append every fired fault to FILE as JSON lines")
+    proxy.add_argument("--fault-control", metavar="PATH",
+                       help="the fault control socket (default: the listen path + '.faults', owner-only)")
+    proxy.add_argument("--restart-on-crash", action="store_true",
+                       help="run the proxy as a child process and restart it whenever it crashes")
+    proxy.set_defaults(func=_cri_proxy)
 
     bench = sub.add_parser("bench", help="benchmarks that print figures").add_subparsers(dest="target", required=True)
     bench_cri = bench.add_parser("cri", help="pod-cycle latency and throughput of a CRI endpoint")
@@ -128,6 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench_cri.add_argument("--compare-cycles", type=int, default=30,
                            help="pod cycles per phase against --compare-endpoint")
     bench_cri.set_defaults(func=_bench_cri)
+    bench_proxy = bench.add_parser("proxy", help="what the CRI proxy adds to each call, against a runtime")
+    bench_proxy.add_argument("--upstream", help="the runtime's CRI endpoint (default: start an emulator)")
+    bench_proxy.add_argument("--calls", type=int, default=500, help="rounds of five reads per side and round")
+    bench_proxy.add_argument("--cycles", type=int, default=50, help="pod cycles per side and round")
+    bench_proxy.add_argument("--warmup", type=int, default=5, help="untimed cycles per side and round first")
+    bench_proxy.add_argument("--image", default="kubeharness.test/khelper:1", help="the containers' image")
+    bench_proxy.set_defaults(func=_bench_proxy)
     bench_shell = bench.add_parser("shell", help="CPU cost of interpreting busybox one-liners in the CRI emulator")
     bench_shell.add_argument("--containers", type=int, default=1000, help="containers running the log loop")
     bench_shell.add_argument("--seconds", type=float, default=60.0, help="virtual seconds to advance the clock")
@@ -164,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for commands that re-run themselves supervised
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

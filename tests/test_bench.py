@@ -98,3 +98,20 @@ def test_bench_shell_prints_the_cpu_cost_of_interpreting(capsys: pytest.CaptureF
     out = capsys.readouterr().out
     assert "5 containers running" in out
     assert "20 log lines written" in out  # each writes a line at 0, 1, 2 and 3 s
+
+
+def test_bench_proxy_against_an_emulator_it_starts(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["bench", "proxy", "--calls", "10", "--cycles", "3", "--warmup", "1"]) == 0
+    out = capsys.readouterr().out
+    for round_name, rpcs in (("calls", ("Version", "PodSandboxStatus", "ContainerStatus", "ListContainers",
+                                        "ImageStatus")), ("pod cycles", CYCLE_RPCS)):
+        for rules in ("no rules", "rules watching"):
+            table = out.split(f"\n{round_name}, {rules}:\n", 1)[1].split("\n\n", 1)[0]
+            for rpc in rpcs:
+                row = re.search(rf"^  {rpc} +([\d.]+) +([\d.]+) +([+-][\d.]+) +([\d.]+) +([\d.]+)$", table,
+                                re.MULTILINE)
+                assert row is not None, f"{rpc} missing in {round_name}, {rules}"
+                direct, proxied, added = (float(row.group(i)) for i in (1, 2, 3))
+                assert direct > 0 and proxied > 0 and abs(proxied - direct - added) < 0.002
+    assert re.search(r"^target: at most 1 ms added at p50 for every RPC \(calls\): (met|NOT met) \(largest added "
+                     r"p50 -?[\d.]+ ms\)$", out, re.MULTILINE)

@@ -7,6 +7,7 @@ this module share one environment and run on one xdist worker (group "containerd
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import subprocess
@@ -143,6 +144,83 @@ def test_a_taken_registry_port_is_named(tmp_path: Path) -> None:
         port = int(taken.getsockname()[1])
         with pytest.raises(EnvError, match=f"port {port} on 127.0.0.1 is taken"):
             manage.up(tmp_path / "other", port)
+
+
+EXAMPLE_PLAN = Path(__file__).resolve().parents[1] / "examples" / "faults" / "one-pod-flaky-sandbox.yaml"
+
+
+def test_the_proxy_runs_the_example_plan_in_front_of_containerd(env: tuple[Path, str], tmp_path: Path) -> None:
+    _, endpoint = env
+    listen = tmp_path / "proxy.sock"
+    fired_log = tmp_path / "fired.jsonl"
+    proxy = subprocess.Popen(
+        [sys.executable, "-m", "kubeharness.cli", "cri", "proxy", "--listen", str(listen), "--upstream", endpoint,
+         "--faults", str(EXAMPLE_PLAN), "--fault-log", str(fired_log)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proxy.stdout is not None
+        assert "CRI proxy listening" in proxy.stdout.readline()
+        with grpc.insecure_channel(f"unix://{listen}") as channel, grpc.insecure_channel(endpoint) as direct:
+            runtime, images = api_grpc.RuntimeServiceStub(channel), api_grpc.ImageServiceStub(channel)
+            sandbox = api.PodSandboxConfig(
+                metadata=api.PodSandboxMetadata(name="flaky", namespace="default", uid="flaky-uid"),
+                log_directory=str(tmp_path / "logs"), annotations={"kubeharness.io/faults": "flaky-sandbox,slow-pull"})
+            codes = []
+            sid = ""
+            for _ in range(3):
+                try:
+                    sid = runtime.RunPodSandbox(api.RunPodSandboxRequest(config=sandbox), timeout=60).pod_sandbox_id
+                    codes.append(grpc.StatusCode.OK)
+                except grpc.RpcError as err:
+                    codes.append(err.code())
+            assert codes == [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.OK]
+            try:
+                # containerd itself saw one RunPodSandbox: the failed attempts never reached it
+                listed = api_grpc.RuntimeServiceStub(direct).ListPodSandbox(api.ListPodSandboxRequest(), timeout=10)
+                mine = [s.id for s in listed.items if s.metadata.uid == "flaky-uid"]
+                assert mine == [sid]
+                started = time.monotonic()
+                images.PullImage(api.PullImageRequest(image=api.ImageSpec(image="docker.io/library/busybox:1.36"),
+                                                      sandbox_config=sandbox), timeout=120)
+                assert time.monotonic() - started >= 2.0  # the rule's delay came before containerd's pull
+                config = api.ContainerConfig(metadata=api.ContainerMetadata(name="sleeper"),
+                                             image=api.ImageSpec(image="docker.io/library/busybox:1.36"),
+                                             command=["sleep", "3600"], log_path="sleeper/0.log")
+                cid = runtime.CreateContainer(api.CreateContainerRequest(
+                    pod_sandbox_id=sid, config=config, sandbox_config=sandbox), timeout=30).container_id
+                runtime.StartContainer(api.StartContainerRequest(container_id=cid), timeout=30)
+                status = runtime.ContainerStatus(api.ContainerStatusRequest(container_id=cid), timeout=10).status
+                assert status.state == api.CONTAINER_RUNNING
+                # what containerd 1.6 does not implement comes back as it says so
+                events = runtime.GetContainerEvents(api.GetEventsRequest(), timeout=5)
+                with pytest.raises(grpc.RpcError) as refused:
+                    next(iter(events))
+                assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            finally:
+                if sid:
+                    runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=sid), timeout=60)
+                    runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=sid), timeout=60)
+        fired = [json.loads(line) for line in fired_log.read_text().splitlines()]
+        assert [(f["rule"], f["where"], f["method"], f["pod"]) for f in fired] == [
+            ("flaky-sandbox", "proxy", "RunPodSandbox", "default/flaky"),
+            ("flaky-sandbox", "proxy", "RunPodSandbox", "default/flaky"),
+            ("slow-pull", "proxy", "PullImage", "default/flaky")]
+    finally:
+        proxy.terminate()
+        assert proxy.wait(timeout=15) == 0
+
+
+def test_bench_proxy_measures_the_proxy_in_front_of_containerd(env: tuple[Path, str]) -> None:
+    _, endpoint = env
+    done = kubeharness("bench", "proxy", "--upstream", endpoint, "--calls", "20", "--cycles", "2", "--warmup", "1")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    for round_name, rpc in (("calls, no rules", "ContainerStatus"), ("pod cycles, no rules", "RunPodSandbox"),
+                            ("calls, rules watching", "Version"), ("pod cycles, rules watching", "StopPodSandbox")):
+        table = done.stdout.split(f"\n{round_name}:\n", 1)[1]
+        row = re.search(rf"^  {rpc} +([\d.]+) +([\d.]+) +([+-][\d.]+) ", table, re.MULTILINE)
+        assert row is not None and float(row.group(1)) > 0 and float(row.group(2)) > 0, round_name
+    assert re.search(r"^target: at most 1 ms added at p50 for every RPC \(calls\): (met|NOT met)", done.stdout,
+                     re.MULTILINE)
 
 
 def test_down_leaves_no_shims_mounts_namespaces_or_bridge(env: tuple[Path, str],

@@ -28,6 +28,8 @@ LOG_TAIL_LINES = 15
 class SpawnedEmulator:
     """``kubeharness cri serve`` in a subprocess, with everything it writes under ``root``."""
 
+    what = "the emulator"
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self.socket = root / "cri.sock"
@@ -44,9 +46,12 @@ class SpawnedEmulator:
         assert self.process is not None, "the emulator was not started"
         return self.process.pid
 
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "kubeharness.cli", "cri", "serve",
+                "--socket", str(self.socket), "--state-dir", str(self.state_dir)]
+
     def start(self) -> None:
-        cmd = [sys.executable, "-m", "kubeharness.cli", "cri", "serve",
-               "--socket", str(self.socket), "--state-dir", str(self.state_dir)]
+        cmd = self.command()
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
 
@@ -65,14 +70,14 @@ class SpawnedEmulator:
             stub = api_grpc.RuntimeServiceStub(channel)
             while time.perf_counter_ns() < deadline:
                 if self.process.poll() is not None:
-                    raise BenchError(f"the emulator exited with code {self.process.returncode} before it "
+                    raise BenchError(f"{self.what} exited with code {self.process.returncode} before it "
                                      f"answered; the end of its log {self.log_path}:\n{self.log_tail()}")
                 try:
                     await stub.Version(api.VersionRequest(), timeout=0.5)
                     return
                 except grpc.aio.AioRpcError:
                     await asyncio.sleep(0.05)
-        raise BenchError(f"the emulator did not answer Version on {self.socket} within {timeout_s:g} s; "
+        raise BenchError(f"{self.what} did not answer Version on {self.socket} within {timeout_s:g} s; "
                          f"the end of its log {self.log_path}:\n{self.log_tail()}")
 
     def stop(self) -> int | None:

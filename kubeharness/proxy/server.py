@@ -54,6 +54,7 @@ UPSTREAM_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.enable_retries", 0),  # the client retries if it wants to; buffering for retries costs every call
 ]
 # Metadata that belongs to the connection, not to the call: gRPC sets it again on the upstream call.
 _CONNECTION_KEYS = frozenset({"user-agent", "content-type", "te", "grpc-accept-encoding", "grpc-encoding"})
