@@ -7,7 +7,7 @@
     kubeharness bench shell [--containers N] [--seconds S]
     kubeharness env up|down|status [--run-dir DIR] [--registry-port N]
     kubeharness faults list|load PLAN|replace PLAN|clear|fired --control SOCKET
-    kubeharness demo
+    kubeharness demo [--faults PLAN]
 """
 
 from __future__ import annotations
@@ -116,6 +116,10 @@ def _faults(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if args.faults:
+        from kubeharness.demo_faults import main as faults_demo_main
+
+        return faults_demo_main(args)
     from kubeharness.demo import main as demo_main
 
     return demo_main(args)
@@ -211,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
         one.set_defaults(func=_env)
 
     demo = sub.add_parser("demo", help="start the emulators, run a few pods through their lifecycle, print it")
+    demo.add_argument("--faults", metavar="PLAN",
+                      help="instead: two pods on an emulator with this fault plan (one opted in), and what fired")
     demo.set_defaults(func=_demo)
     return parser
 

@@ -309,3 +309,39 @@ rules:
         again.cancel()
     finally:
         await stop_proxied(p)
+
+
+async def test_a_crashed_proxy_is_restarted_and_forwards_again(tmp_path: Path, cri: CriHarness) -> None:
+    import sys
+
+    plan = tmp_path / "crash.yaml"
+    plan.write_text("""
+rules:
+  - name: die-on-crasher
+    where: proxy
+    method: RunPodSandbox
+    match: {pod_name: crasher}
+    action: {crash: {how: sigkill}}
+""")
+    listen = tmp_path / "p.sock"
+    supervisor = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "kubeharness.cli", "cri", "proxy", "--listen", str(listen),
+        "--upstream", f"unix://{cri.socket}", "--faults", str(plan), "--restart-on-crash",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    try:
+        async with grpc.aio.insecure_channel(f"unix://{listen}", options=CHANNEL_OPTIONS) as channel:
+            runtime = api_grpc.RuntimeServiceStub(channel)
+            await runtime.Version(api.VersionRequest(), timeout=20, wait_for_ready=True)
+            crasher = api.RunPodSandboxRequest(config=cri.sandbox_config(name="crasher"))
+            assert await code_of(runtime.RunPodSandbox(crasher, timeout=10)) == grpc.StatusCode.UNAVAILABLE
+            # the supervisor starts the proxy again on the same socket; calls work again through it
+            other = api.RunPodSandboxRequest(config=cri.sandbox_config(name="other"))
+            sandbox_id = (await runtime.RunPodSandbox(other, timeout=20, wait_for_ready=True)).pod_sandbox_id
+            listed = await runtime.ListPodSandbox(api.ListPodSandboxRequest(), timeout=10)
+            assert [s.id for s in listed.items] == [sandbox_id]  # the crashing call never reached the runtime
+        assert supervisor.returncode is None  # the supervisor itself lives on
+    finally:
+        supervisor.terminate()
+        _, stderr = await asyncio.wait_for(supervisor.communicate(), 30)
+    assert supervisor.returncode == 0
+    assert b"restart" in stderr.lower()
