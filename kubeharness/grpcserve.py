@@ -10,8 +10,11 @@ without leaking a traceback to the client.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
+import signal
 import socket
 import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -62,23 +65,34 @@ class Around(Protocol):
     ) -> AsyncIterator[Any]: ...
 
 
+@contextlib.asynccontextmanager
+async def answering(
+    context: grpc.aio.ServicerContext[Any, Any], name: str, internal: str = "see the emulator's log"
+) -> AsyncIterator[None]:
+    """The one place where a handler's exception becomes the call's status: a KubeharnessError its code and
+    message, anything else INTERNAL with a short message (``internal`` says where to look) and the traceback
+    in the log, never to the client."""
+    try:
+        yield
+    except KubeharnessError as err:
+        await context.abort(err.code, err.message)
+    except grpc.aio.AbortError:
+        raise
+    except Exception:
+        log.exception("internal error in %s", name)
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {name}; {internal}")
+
+
 def _unary(
     name: str, fn: UnaryImpl, around: Around | None = None
 ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]:
     async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         if isinstance(request, _Undecodable):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
-        try:
+        async with answering(context, name):
             if around is not None:
                 return await around(name, request, lambda: fn(request))
             return await fn(request)
-        except KubeharnessError as err:
-            await context.abort(err.code, err.message)
-        except grpc.aio.AbortError:
-            raise
-        except Exception:
-            log.exception("internal error in %s", name)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {name}; see the emulator's log")
 
     return call
 
@@ -89,17 +103,10 @@ def _stream(
     async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         if isinstance(request, _Undecodable):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
-        try:
+        async with answering(context, name):
             stream = fn(request) if around is None else around.stream(name, request, lambda: fn(request))
             async for item in stream:
                 yield item
-        except KubeharnessError as err:
-            await context.abort(err.code, err.message)
-        except grpc.aio.AbortError:
-            raise
-        except Exception:
-            log.exception("internal error in %s", name)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {name}; see the emulator's log")
 
     return call
 
@@ -176,3 +183,12 @@ def clear_stale_socket(path: str) -> None:
     finally:
         probe.close()
     raise FailedPrecondition(f"another process is already serving on {path}")
+
+
+async def wait_for_stop_signal() -> None:
+    """Return when the process gets SIGINT or SIGTERM: how a daemon's ``serve`` waits before stopping."""
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, done.set)
+    await done.wait()

@@ -170,6 +170,15 @@ class FaultEngine:
         self._loaded_ns = 0
         self.replace(plan)
 
+    @classmethod
+    def from_file(cls, plan_file: str | os.PathLike[str] | None, clock: Clock, seed: int = 0,
+                  log_path: str | os.PathLike[str] | None = None) -> FaultEngine:
+        """An engine with the plan in ``plan_file`` (validated; errors name the line), or no rules."""
+        from kubeharness.faults.plan import load_plan_file
+
+        plan = load_plan_file(Path(plan_file)) if plan_file is not None else FaultPlan()
+        return cls(plan, clock, seed, log_path)
+
     @property
     def seed(self) -> int:
         return self._seed

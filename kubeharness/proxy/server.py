@@ -16,11 +16,9 @@ ends the proxy process: clients see UNAVAILABLE until it is restarted (``--resta
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
-import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -30,11 +28,11 @@ from google.protobuf import message_factory
 
 from kubeharness.clock import Clock, RealClock
 from kubeharness.errors import KubeharnessError
-from kubeharness.faults import FaultEngine, FaultPlan, load_plan_file
+from kubeharness.faults import FaultEngine, FaultPlan
 from kubeharness.faults.act import perform, perform_stream
 from kubeharness.faults.control import ControlServer
 from kubeharness.faults.cri import call_info, ids_named
-from kubeharness.grpcserve import clear_stale_socket
+from kubeharness.grpcserve import answering, clear_stale_socket, wait_for_stop_signal
 from kubeharness.proxy.index import PodIndex
 from kubeharness.wire.cri import api_pb2 as cri
 
@@ -57,6 +55,7 @@ UPSTREAM_OPTIONS = [
     ("grpc.enable_retries", 0),  # the client retries if it wants to; buffering for retries costs every call
 ]
 # Metadata that belongs to the connection, not to the call: gRPC sets it again on the upstream call.
+INTERNAL_HINT = "see the CRI proxy's log"
 _CONNECTION_KEYS = frozenset({"user-agent", "content-type", "te", "grpc-accept-encoding", "grpc-encoding"})
 
 
@@ -171,7 +170,7 @@ class CriProxy:
 
         async def handle(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
             metadata = _forwarded_metadata(context)
-            try:
+            async with answering(context, name, INTERNAL_HINT):
                 request, decision = await self._decision(method, name, raw)
 
                 async def work() -> bytes:
@@ -187,14 +186,7 @@ class CriProxy:
                     return await work()
                 response: bytes = await perform(decision, work, self.clock)
                 return response
-            except KubeharnessError as err:
-                await context.abort(err.code, err.message)
-            except grpc.aio.AbortError:
-                raise
-            except Exception:
-                log.exception("internal error forwarding %s", path)
-                await context.abort(grpc.StatusCode.INTERNAL, f"internal error in the CRI proxy forwarding {name}")
-            raise AssertionError("not reached: abort raises")
+            raise AssertionError("not reached: a failure aborts the call")
 
         return handle
 
@@ -203,7 +195,7 @@ class CriProxy:
 
         async def handle(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[bytes]:
             metadata = _forwarded_metadata(context)
-            try:
+            async with answering(context, name, INTERNAL_HINT):
                 _, decision = await self._decision(method, name, raw)
 
                 def open_stream() -> AsyncIterator[bytes]:
@@ -212,13 +204,6 @@ class CriProxy:
                 stream = open_stream() if decision is None else perform_stream(decision, open_stream, self.clock)
                 async for item in stream:
                     yield item
-            except KubeharnessError as err:
-                await context.abort(err.code, err.message)
-            except grpc.aio.AbortError:
-                raise
-            except Exception:
-                log.exception("internal error forwarding %s", path)
-                await context.abort(grpc.StatusCode.INTERNAL, f"internal error in the CRI proxy forwarding {name}")
 
         return handle
 
@@ -289,15 +274,10 @@ async def serve(listen: str, upstream: str, faults: Path | None = None, fault_se
                 fault_log: Path | None = None, fault_control: Path | None = None) -> None:
     """Run a proxy until SIGINT or SIGTERM (the ``kubeharness cri proxy`` daemon)."""
     clock = RealClock()
-    plan = load_plan_file(faults) if faults is not None else FaultPlan()
-    engine = FaultEngine(plan, clock, fault_seed, fault_log)
+    engine = FaultEngine.from_file(faults, clock, fault_seed, fault_log)
     control = fault_control or Path(listen.removeprefix("unix://") + ".faults")
     proxy = CriProxy(listen, upstream, engine, clock, control)
     await proxy.start()
-    done = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, done.set)
     print(f"kubeharness CRI proxy listening on unix://{proxy.listen}, forwarding to {proxy.upstream}", flush=True)
-    await done.wait()
+    await wait_for_stop_signal()
     await proxy.stop()

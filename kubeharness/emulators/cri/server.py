@@ -7,13 +7,11 @@ any asyncio program (tests run it in-process with a virtual clock); :func:`serve
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import logging
 import os
 import resource
-import signal
 from pathlib import Path
 
 import grpc
@@ -24,9 +22,9 @@ from kubeharness.emulators.cri.faultpoint import FaultPoint
 from kubeharness.emulators.cri.runtime import Runtime
 from kubeharness.emulators.cri.service import ImageService, RuntimeService
 from kubeharness.errors import FailedPrecondition
-from kubeharness.faults import FaultEngine, FaultPlan, load_plan_file
+from kubeharness.faults import FaultEngine
 from kubeharness.faults.control import ControlServer
-from kubeharness.grpcserve import add_service, clear_stale_socket
+from kubeharness.grpcserve import add_service, clear_stale_socket, wait_for_stop_signal
 from kubeharness.wire.cri import api_pb2 as cri
 
 log = logging.getLogger(__name__)
@@ -119,15 +117,10 @@ async def serve(endpoint: str, state_dir: Path, config: CriConfig, faults: Path 
     run time through the control socket, by default ``state_dir/faults.sock``)."""
     raise_fd_limit()
     clock = RealClock()
-    plan = load_plan_file(faults) if faults is not None else FaultPlan()
-    engine = FaultEngine(plan, clock, fault_seed, fault_log)
+    engine = FaultEngine.from_file(faults, clock, fault_seed, fault_log)
     control = fault_control or state_dir / "faults.sock"
     server = CriServer(endpoint, state_dir, config, clock, engine, control)
     await server.start()
-    done = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, done.set)
     print(f"kubeharness CRI emulator listening on unix://{socket_path(endpoint)}", flush=True)
-    await done.wait()
+    await wait_for_stop_signal()
     await server.stop()
