@@ -161,3 +161,12 @@ async def cri(tmp_path: Path, cri_config: CriConfig) -> AsyncIterator[CriHarness
         yield harness
     finally:
         await harness.stop()
+
+
+async def code_of(call: Awaitable[object]) -> grpc.StatusCode:
+    """The status code a call ends with (OK when it answers)."""
+    try:
+        await call
+    except grpc.aio.AioRpcError as err:
+        return err.code()
+    return grpc.StatusCode.OK

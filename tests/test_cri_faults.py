@@ -23,7 +23,7 @@ from kubeharness.faults import FaultEngine, load_plan, load_plan_file
 from kubeharness.faults.control import FaultControl
 from kubeharness.wire.cri import api_pb2 as api
 from kubeharness.wire.cri import api_pb2_grpc as api_grpc
-from tests.conftest import CriHarness
+from tests.conftest import CriHarness, code_of
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "faults" / "one-pod-flaky-sandbox.yaml"
 NS = 1_000_000_000
@@ -45,14 +45,6 @@ async def example(tmp_path: Path) -> AsyncIterator[CriHarness]:
         yield h
     finally:
         await h.stop()
-
-
-async def code_of(call: object) -> grpc.StatusCode:
-    try:
-        await call  # type: ignore[misc]
-    except grpc.aio.AioRpcError as err:
-        return err.code()
-    return grpc.StatusCode.OK
 
 
 async def test_the_example_plan_fails_one_pods_sandbox_twice_and_slows_its_pull(example: CriHarness) -> None:

@@ -23,7 +23,7 @@ from kubeharness.faults import FaultEngine, load_plan, load_plan_file
 from kubeharness.proxy.server import CriProxy
 from kubeharness.wire.cri import api_pb2 as api
 from kubeharness.wire.cri import api_pb2_grpc as api_grpc
-from tests.conftest import CHANNEL_OPTIONS, CriHarness
+from tests.conftest import CHANNEL_OPTIONS, CriHarness, code_of
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "faults" / "one-pod-flaky-sandbox.yaml"
 NS = 1_000_000_000
@@ -69,14 +69,6 @@ async def proxied(tmp_path: Path) -> AsyncIterator[Proxied]:
         yield p
     finally:
         await stop_proxied(p)
-
-
-async def code_of(call: object) -> grpc.StatusCode:
-    try:
-        await call  # type: ignore[misc]
-    except grpc.aio.AioRpcError as err:
-        return err.code()
-    return grpc.StatusCode.OK
 
 
 async def answer(channel: grpc.aio.Channel, service: str, method_name: str, request: object) -> tuple[str, object]:
@@ -241,7 +233,7 @@ async def test_the_clients_deadline_and_metadata_reach_the_runtime(tmp_path: Pat
             await stub.Version(api.VersionRequest(), timeout=7, metadata=(("x-trace", "abc"),))
             await stub.Version(api.VersionRequest())
         (deadline, metadata), (no_deadline, _) = seen
-        assert deadline is not None and 6 < deadline <= 7
+        assert deadline is not None and 6 < deadline < 7.5  # gRPC rounds the timeout it sends up a little
         assert metadata["x-trace"] == "abc"
         assert no_deadline is None
     finally:

@@ -24,6 +24,7 @@ from kubeharness.supervise import Backoff, Supervisor, describe_status, shell_st
 from kubeharness.testing.processes import children, is_gone, wait_child, wait_gone
 from kubeharness.wire.cri import api_pb2 as api
 from kubeharness.wire.cri import api_pb2_grpc as api_grpc
+from tests.conftest import code_of
 
 DEADLINE = 30.0  # seconds any poll below may take before the test fails
 CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
@@ -187,14 +188,6 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
         yield s
     finally:
         await s.close()
-
-
-async def code_of(call: object) -> grpc.StatusCode:
-    try:
-        await call  # type: ignore[misc]
-    except grpc.aio.AioRpcError as err:
-        return err.code()
-    return grpc.StatusCode.OK
 
 
 def sandbox(name: str) -> api.RunPodSandboxRequest:
