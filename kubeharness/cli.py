@@ -1,11 +1,13 @@
 """The ``kubeharness`` command: one entry point, a subcommand per component.
 
     kubeharness cri serve --socket PATH --state-dir DIR [--config FILE] [--restart-on-crash [--max-restarts N]]
+                          [--cni-conf-dir DIR] [--cni-bin-dir DIR] [--netns emulated|real]
     kubeharness cri proxy --listen unix://A --upstream unix://B [--faults FILE] [--restart-on-crash]
     kubeharness bench cri [--endpoint unix://PATH] [--cycles N] [--concurrency K] [--live-pods N] [--json FILE]
     kubeharness bench proxy [--upstream unix://PATH] [--cycles N]
     kubeharness bench shell [--containers N] [--seconds S]
-    kubeharness env up|down|status [--run-dir DIR] [--registry-port N]
+    kubeharness bench cni [--count N] [--warmup N]
+    kubeharness env up|down|status [--run-dir DIR] [--registry-port N] [--cni bridge|kubeharness]
     kubeharness faults list|load PLAN|replace PLAN|clear|fired --control SOCKET
     kubeharness demo [--faults PLAN]
 """
@@ -35,6 +37,9 @@ def _cri_serve(args: argparse.Namespace) -> int:
     from kubeharness.emulators.cri.server import serve
 
     config = CriConfig.load(Path(args.config)) if args.config else CriConfig()
+    for key in ("cni_conf_dir", "cni_bin_dir", "netns"):  # flags win over the config file
+        if getattr(args, key) is not None:
+            setattr(config, key, getattr(args, key))
     keep_large_buffers()
     faults = Path(args.faults) if args.faults else None
     fault_log = Path(args.fault_log) if args.fault_log else None
@@ -77,12 +82,18 @@ def _bench_shell(args: argparse.Namespace) -> int:
     return shell_main(args)
 
 
+def _bench_cni(args: argparse.Namespace) -> int:
+    from kubeharness.bench.cni import main as cni_main
+
+    return cni_main(args)
+
+
 def _env(args: argparse.Namespace) -> int:
     from kubeharness.env import manage
 
     run_dir = Path(args.run_dir)
     if args.action == "up":
-        state = manage.up(run_dir, args.registry_port)
+        state = manage.up(run_dir, args.registry_port, args.cni)
         print(state.socket)
     elif args.action == "down":
         for what in manage.down(run_dir):
@@ -125,6 +136,17 @@ def _demo(args: argparse.Namespace) -> int:
     return demo_main(args)
 
 
+def _fault_options(parser: argparse.ArgumentParser, plan_help: str, control_default: str, what: str) -> None:
+    """The fault and crash options every daemon that applies fault plans takes."""
+    parser.add_argument("--faults", metavar="FILE", help=plan_help)
+    parser.add_argument("--fault-seed", type=int, default=0, help="seed of the plan's probabilities")
+    parser.add_argument("--fault-log", metavar="FILE", help="append every fired fault to FILE as JSON lines")
+    parser.add_argument("--fault-control", metavar="PATH",
+                        help=f"the fault control socket (default: {control_default}, owner-only)")
+    parser.add_argument("--restart-on-crash", action="store_true",
+                        help=f"run the {what} as a child process and restart it whenever it crashes")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kubeharness", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
@@ -135,26 +157,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--socket", required=True, help="unix socket path (or unix:// URL) to listen on")
     serve.add_argument("--state-dir", required=True, help="directory for the emulator's saved state")
     serve.add_argument("--config", help="YAML configuration file")
-    serve.add_argument("--faults", metavar="FILE", help="a fault plan (YAML) to apply to every call")
-    serve.add_argument("--fault-seed", type=int, default=0, help="seed of the plan's probabilities")
-    serve.add_argument("--fault-log", metavar="FILE", help="append every fired fault to FILE as JSON lines")
-    serve.add_argument("--fault-control", metavar="PATH",
-                       help="the fault control socket (default: STATE_DIR/faults.sock, owner-only)")
-    serve.add_argument("--restart-on-crash", action="store_true",
-                       help="run the emulator as a child process and restart it whenever it crashes")
+    serve.add_argument("--cni-conf-dir", metavar="DIR", help="set pod networks up with the CNI config found in DIR")
+    serve.add_argument("--cni-bin-dir", metavar="DIR", help="where the CNI plugin executables are")
+    serve.add_argument("--netns", choices=("emulated", "real"),
+                       help="sandbox network namespaces: placeholders, or real ones (root only)")
+    _fault_options(serve, "a fault plan (YAML) to apply to every call", "STATE_DIR/faults.sock", "emulator")
     serve.add_argument("--max-restarts", type=int, metavar="N", help="with --restart-on-crash: give up after N")
     serve.set_defaults(func=_cri_serve)
 
     proxy = cri.add_parser("proxy", help="forward CRI to a real runtime, applying fault plans on the way")
     proxy.add_argument("--listen", required=True, help="unix socket (path or unix:// URL) to serve CRI on")
     proxy.add_argument("--upstream", required=True, help="the runtime's CRI endpoint, e.g. unix:///run/containerd.sock")
-    proxy.add_argument("--faults", metavar="FILE", help="a fault plan (YAML); rules for 'proxy' and 'cri' apply")
-    proxy.add_argument("--fault-seed", type=int, default=0, help="seed of the plan's probabilities")
-    proxy.add_argument("--fault-log", metavar="FILE", help="append every fired fault to FILE as JSON lines")
-    proxy.add_argument("--fault-control", metavar="PATH",
-                       help="the fault control socket (default: the listen path + '.faults', owner-only)")
-    proxy.add_argument("--restart-on-crash", action="store_true",
-                       help="run the proxy as a child process and restart it whenever it crashes")
+    _fault_options(proxy, "a fault plan (YAML); rules for 'proxy' and 'cri' apply", "the listen path + '.faults'",
+                   "proxy")
     proxy.set_defaults(func=_cri_proxy)
 
     bench = sub.add_parser("bench", help="benchmarks that print figures").add_subparsers(dest="target", required=True)
@@ -189,6 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench_shell.add_argument("--containers", type=int, default=1000, help="containers running the log loop")
     bench_shell.add_argument("--seconds", type=float, default=60.0, help="virtual seconds to advance the clock")
     bench_shell.set_defaults(func=_bench_shell)
+    bench_cni = bench.add_parser("cni", help="ADD/DEL latency of kubeharness-cni against the reference host-local")
+    bench_cni.add_argument("--count", type=int, default=200, help="ADDs (then DELs) per plugin")
+    bench_cni.add_argument("--warmup", type=int, default=5, help="untimed calls per command and plugin first")
+    bench_cni.add_argument("--plugin", help="the plugin executable (default: kubeharness-cni beside this Python)")
+    bench_cni.add_argument("--reference", default="/usr/lib/cni/host-local", help="the reference IPAM plugin")
+    bench_cni.set_defaults(func=_bench_cni)
 
     faults = sub.add_parser("faults", help="change an emulator's fault rules at run time, read what fired")
     fault_actions = faults.add_subparsers(dest="action", required=True)
@@ -212,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
         if action == "up":
             one.add_argument("--registry-port", type=int, default=DEFAULT_REGISTRY_PORT,
                              help="port of the image registry on 127.0.0.1")
+            one.add_argument("--cni", choices=("bridge", "kubeharness"), default="bridge",
+                             help="pod networks from the Debian bridge plugin or from kubeharness-cni (real mode)")
         one.set_defaults(func=_env)
 
     demo = sub.add_parser("demo", help="start the emulators, run a few pods through their lifecycle, print it")

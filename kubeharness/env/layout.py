@@ -67,6 +67,16 @@ class EnvPaths:
         return self.root / "cni"
 
     @property
+    def cni_bin_dir(self) -> Path:
+        """containerd 1.6 takes one plugin directory: links to the Debian plugins and to kubeharness-cni."""
+        return self.root / "cni-bin"
+
+    @property
+    def cni_data_dir(self) -> Path:
+        """The IPAM leases of host-local or kubeharness-cni."""
+        return self.root / "cni-ipam"
+
+    @property
     def registry_dir(self) -> Path:
         return self.root / "registry"
 
@@ -92,6 +102,7 @@ class EnvState:
     containerd_pid: int = 0
     socket: str = ""
     images: list[str] = field(default_factory=list)
+    cni: str = "bridge"
 
     def save(self, paths: EnvPaths) -> None:
         paths.root.mkdir(parents=True, exist_ok=True)

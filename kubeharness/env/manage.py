@@ -1,7 +1,8 @@
 """``kubeharness env up | down | status``: bring the real runtime up, idempotently, and take it all away.
 
 ``up`` checks what it needs (root, the Debian packages, a free registry port), starts the registry,
-builds and pushes the images, writes containerd's configuration and starts it, then waits until the
+builds and pushes the images, writes containerd's configuration (pod networks from the Debian bridge
+plugin, or with ``cni="kubeharness"`` from kubeharness-cni in real mode) and starts it, then waits until the
 CRI answers; every wait is bounded and a failure says why (with the tail of the daemon's log). Running
 ``up`` again finds the daemons from ``env.json`` alive and answering and only prints the socket.
 
@@ -15,9 +16,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -112,7 +115,32 @@ def _wait(check: object, what: str, pid: int, name: str, log_path: Path) -> None
     raise EnvError(f"{what} did not answer within {START_TIMEOUT_S:g} s: {_log_tail(log_path)}")
 
 
-def up(run_dir: Path, registry_port: int) -> EnvState:
+CNI_CHOICES = ("bridge", "kubeharness")
+REFERENCE_PLUGINS = Path("/usr/lib/cni")
+
+
+def kubeharness_cni_executable() -> Path:
+    """The installed ``kubeharness-cni`` console script (beside this Python, or on PATH)."""
+    beside = Path(sys.executable).with_name("kubeharness-cni")
+    found = beside if beside.exists() else shutil.which("kubeharness-cni")
+    if found is None:
+        raise EnvError("kubeharness-cni is not installed (pip install -e . installs the console script)")
+    return Path(found)
+
+
+def _link_cni_plugins(paths: EnvPaths) -> None:
+    """One plugin directory for containerd: links to the Debian plugins and to kubeharness-cni."""
+    paths.cni_bin_dir.mkdir(parents=True, exist_ok=True)
+    targets = {plugin.name: plugin for plugin in REFERENCE_PLUGINS.iterdir()}
+    targets["kubeharness-cni"] = kubeharness_cni_executable()
+    for name, target in targets.items():
+        link = paths.cni_bin_dir / name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(target)
+
+
+def up(run_dir: Path, registry_port: int, cni: str = "bridge") -> EnvState:
     if os.geteuid() != 0:
         raise EnvError("containerd, runc and the CNI bridge need root: run `kubeharness env up` as root")
     missing = missing_tools()
@@ -146,8 +174,16 @@ def up(run_dir: Path, registry_port: int) -> EnvState:
     if not alive(state.containerd_pid, "containerd"):
         paths.containerd_dir.mkdir(parents=True, exist_ok=True)
         paths.cni_conf_dir.mkdir(parents=True, exist_ok=True)
-        (paths.cni_conf_dir / "10-kubeharness.conflist").write_text(config.cni_conflist(paths))
-        paths.containerd_config.write_text(config.containerd_toml(paths, registry))
+        if cni not in CNI_CHOICES:
+            raise EnvError(f"unknown CNI {cni!r}: choose {' or '.join(CNI_CHOICES)}")
+        bin_dir = REFERENCE_PLUGINS
+        conflist = config.cni_conflist(paths)
+        if cni == "kubeharness":
+            _link_cni_plugins(paths)
+            bin_dir, conflist = paths.cni_bin_dir, config.kubeharness_conflist(paths)
+        (paths.cni_conf_dir / "10-kubeharness.conflist").write_text(conflist)
+        paths.containerd_config.write_text(config.containerd_toml(paths, registry, str(bin_dir)))
+        state.cni = cni
         if paths.socket.exists():
             paths.socket.unlink()
         state.containerd_pid = _spawn(["containerd", "--config", str(paths.containerd_config)], paths.containerd_log)

@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
+from typing import Any
 
 from kubeharness.clock import Clock, seconds_to_ns
 from kubeharness.faults.plan import (
@@ -202,6 +203,29 @@ class FaultEngine:
         self._states = [_RuleState(rule, self._seed) for rule in plan.rules]
         self._watched = frozenset((rule.where, rule.method) for rule in plan.rules)
         self._loaded_ns = self._clock.now_ns()
+
+    def export_state(self) -> dict[str, object]:
+        """The rules' call counters and random generator states and ``loaded_ns``, as JSON-ready data.
+
+        A process that is started afresh for every call (the CNI plugin) saves this after each decision
+        and hands it to :meth:`restore_state` next time, so that its decisions are those of one engine."""
+        rules: dict[str, object] = {}
+        for state in self._states:
+            version, internal, gauss = state.rng.getstate()
+            rules[state.rule.name] = {"calls": state.calls, "rng": [version, list(internal), gauss]}
+        return {"loaded_ns": self._loaded_ns, "rules": rules}
+
+    def restore_state(self, data: Mapping[str, Any]) -> None:
+        """Continue from what :meth:`export_state` returned; rules it does not name start afresh."""
+        self._loaded_ns = int(data.get("loaded_ns", self._loaded_ns))
+        saved = data.get("rules", {})
+        for state in self._states:
+            one = saved.get(state.rule.name)
+            if one is None:
+                continue
+            state.calls = int(one["calls"])
+            version, internal, gauss = one["rng"]
+            state.rng.setstate((version, tuple(internal), gauss))
 
     def clear(self) -> None:
         """Remove every rule (the fired-fault log stays)."""

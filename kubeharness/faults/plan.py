@@ -4,7 +4,8 @@ A plan is a list of rules. Each rule says where it applies (``cri``, ``csi``, ``
 which method, which calls it matches (pod, namespace, uid, labels, annotations, container, image, volume),
 when it fires (always, with a seeded probability, on the Nth matching call, for the first N, after a time
 on the injected clock, or along a count sequence such as ``2*off -> 1*error(UNAVAILABLE) -> off``) and what
-it does (a gRPC error, a delay, a hang, a partial failure, a crash, a CNI error result or a CNI hang)::
+it does (a gRPC error, a delay, a hang, a partial failure, a crash, a CNI error result, a CNI partial
+failure or a CNI hang)::
 
     rules:
       - name: flaky-sandbox
@@ -26,7 +27,8 @@ Matching strings are shell-style patterns (``*``, ``?``, ``[...]``): a plain str
 ``when`` defaults to ``always``. In a sequence, ``off`` does nothing, ``on`` does the rule's ``action``
 and the other steps name an action inline: ``error(CODE[, message])``, ``partial(CODE[, message])``,
 ``delay(seconds[, jitter[, before|after]])``, ``hang``, ``crash([exit|sigkill[, exit_code]])``,
-``cni_error(code[, msg[, details]])``, ``cni_hang``. A step without a count counts once; the last step
+``cni_error(code[, msg[, details]])``,
+``cni_partial(code[, msg[, details]])``, ``cni_hang``. A step without a count counts once; the last step
 repeats for ever.
 """
 
@@ -208,15 +210,27 @@ class CniError(_ActionBase):
 
 
 @dataclass(frozen=True)
+class CniPartial(_ActionBase):
+    """Do the CNI command's work (ADD: the address stays allocated), then answer with this error result."""
+
+    kind: ClassVar[str] = "cni_partial"
+    code: int
+    msg: str
+    details: str = ""
+
+
+@dataclass(frozen=True)
 class CniHang(_ActionBase):
     """Let the CNI plugin never return."""
 
     kind: ClassVar[str] = "cni_hang"
 
 
-Action: TypeAlias = Error | Partial | Delay | Hang | Crash | CniError | CniHang
+Action: TypeAlias = Error | Partial | Delay | Hang | Crash | CniError | CniPartial | CniHang
 
-ACTION_KINDS: tuple[str, ...] = ("error", "partial", "delay", "hang", "crash", "cni_error", "cni_hang")
+ACTION_KINDS: tuple[str, ...] = (
+    "error", "partial", "delay", "hang", "crash", "cni_error", "cni_partial", "cni_hang",
+)
 _GRPC_WHERES = ("cri", "csi", "proxy")
 _ACTION_WHERES: Mapping[str, tuple[str, ...]] = {
     "error": _GRPC_WHERES,
@@ -225,6 +239,7 @@ _ACTION_WHERES: Mapping[str, tuple[str, ...]] = {
     "hang": _GRPC_WHERES,
     "crash": WHERES,
     "cni_error": ("cni",),
+    "cni_partial": ("cni",),
     "cni_hang": ("cni",),
 }
 _ACTION_FIELDS: Mapping[str, tuple[str, ...]] = {
@@ -234,6 +249,7 @@ _ACTION_FIELDS: Mapping[str, tuple[str, ...]] = {
     "hang": (),
     "crash": ("how", "exit_code"),
     "cni_error": ("code", "msg", "details"),
+    "cni_partial": ("code", "msg", "details"),
     "cni_hang": (),
 }
 _TEXT_FIELDS = frozenset({"message", "msg", "details"})
@@ -521,7 +537,8 @@ def _build_action(kind: str, fields: Mapping[str, object], where: str, rule: str
     if kind not in ACTION_KINDS:
         raise _Bad(f"unknown action {kind!r}{_suggest(kind, ACTION_KINDS)}; expected {_one_of(ACTION_KINDS)}")
     if where not in _ACTION_WHERES[kind]:
-        hint = {"hang": " (use cni_hang)", "error": " (use cni_error)"}.get(kind, "") if where == "cni" else ""
+        hints = {"hang": " (use cni_hang)", "error": " (use cni_error)", "partial": " (use cni_partial)"}
+        hint = hints.get(kind, "") if where == "cni" else ""
         raise _Bad(f"action {kind} does not apply to {where}{hint}")
     allowed = _ACTION_FIELDS[kind]
     for key in fields:
@@ -556,9 +573,9 @@ def _build_action(kind: str, fields: Mapping[str, object], where: str, rule: str
         if exit_code > 255:
             raise _Bad(f"exit_code must be 0..255, got {exit_code}", "exit_code")
         return Crash("exit", exit_code)
-    if kind == "cni_error":
+    if kind in ("cni_error", "cni_partial"):
         if "code" not in fields:
-            raise _Bad("cni_error needs a code (a CNI error code: 1-7, 11, 50, 51, or 100 and up)")
+            raise _Bad(f"{kind} needs a code (a CNI error code: 1-7, 11, 50, 51, or 100 and up)")
         cni_code = fields["code"]
         if (
             isinstance(cni_code, bool)
@@ -571,7 +588,8 @@ def _build_action(kind: str, fields: Mapping[str, object], where: str, rule: str
             )
         default_msg = f"{CNI_ERROR_CODES.get(cni_code, 'plugin error')} ({default_message})"
         msg = _text(fields.get("msg", default_msg), "msg")
-        return CniError(cni_code, msg, _text(fields.get("details", ""), "details"))
+        details = _text(fields.get("details", ""), "details")
+        return CniError(cni_code, msg, details) if kind == "cni_error" else CniPartial(cni_code, msg, details)
     return Hang() if kind == "hang" else CniHang()
 
 

@@ -39,8 +39,16 @@ class CriConfig:
     preloaded_images: list[str] = field(default_factory=list)
     pull_bandwidth_bytes_per_second: int = 100 * 1024 * 1024
     image_fs_capacity_bytes: int = 20 * 1024**3
-    # Conditions reported by Status.
+    # Conditions reported by Status (with a CNI conf dir, NetworkReady also needs a valid network config).
     network_ready: bool = True
+    # Pod networking through CNI plugins, as containerd's CRI plugin does it: the first config file by
+    # name in cni_conf_dir, plugins from cni_bin_dir. Empty cni_conf_dir: addresses come from pod_cidr.
+    cni_conf_dir: str = ""
+    cni_bin_dir: str = "/opt/cni/bin"
+    # Sandbox network namespaces: "emulated" (a placeholder path) or "real" (`ip netns`, root only).
+    netns: str = "emulated"
+    # Serve --http-port/--tcp-port of running containers on their pod IP when it is a loopback address.
+    serve_ports: bool = True
     # How many finished events GetContainerEvents buffers per slow subscriber before dropping it.
     event_buffer: int = 10_000
 
@@ -64,6 +72,8 @@ class CriConfig:
             ipaddress.ip_network(config.pod_cidr)
         except ValueError as err:
             raise InvalidArgument(f"config key 'pod_cidr': {err}") from None
+        if config.netns not in ("emulated", "real"):
+            raise InvalidArgument("config key 'netns' must be 'emulated' or 'real'")
         if config.pull_bandwidth_bytes_per_second <= 0:
             raise InvalidArgument("config key 'pull_bandwidth_bytes_per_second' must be positive")
         if config.image_catalog:
