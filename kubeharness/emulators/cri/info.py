@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import json
 
+from kubeharness.emulators.cri.cniconf import NOT_INITIALIZED
 from kubeharness.emulators.cri.runtime import Runtime
 from kubeharness.emulators.cri.sandboxes import RUNTIME_HANDLERS
 from kubeharness.emulators.cri.validate import require_id
@@ -29,14 +30,19 @@ async def version(rt: Runtime, req: cri.VersionRequest) -> cri.VersionResponse:
 async def status(rt: Runtime, req: cri.StatusRequest) -> cri.StatusResponse:
     resp = cri.StatusResponse()
     resp.status.conditions.add(type="RuntimeReady", status=True)
-    if rt.config.network_ready:
+    # containerd: NetworkReady is false while go-cni has no valid network config (the node's CNI is
+    # not installed yet); the emulator re-reads the config directory when it changed
+    problem = rt.cni.not_ready() if rt.cni is not None else None
+    if not rt.config.network_ready:
+        problem = NOT_INITIALIZED
+    if problem is None:
         resp.status.conditions.add(type="NetworkReady", status=True)
     else:
         resp.status.conditions.add(
             type="NetworkReady",
             status=False,
             reason="NetworkPluginNotReady",
-            message="Network plugin returns error: cni plugin not initialized",
+            message=f"Network plugin returns error: {problem}",
         )
     for name in RUNTIME_HANDLERS:
         handler = resp.runtime_handlers.add(name=name)
@@ -50,9 +56,14 @@ async def status(rt: Runtime, req: cri.StatusRequest) -> cri.StatusResponse:
                 "cgroupDriver": rt.config.cgroup_driver,
                 "podCIDR": rt.runtime_config.network_config.pod_cidr or rt.config.pod_cidr,
                 "sandboxImage": rt.config.pause_image,
+                "cniConfDir": rt.config.cni_conf_dir,
+                "cniBinDir": rt.config.cni_bin_dir,
+                "netns": rt.config.netns,
                 "emulated": True,
             }
         )
+        if rt.cni is not None:
+            resp.info["lastCNILoadStatus"] = rt.cni.conf.load_status  # as containerd's verbose status
     return resp
 
 

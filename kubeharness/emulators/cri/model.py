@@ -44,6 +44,10 @@ class Sandbox:
     ready: bool = True
     netns_path: str = ""
     stopped_ns: int = 0
+    # Pod networking through CNI: the further IPs of the result, and whether the sandbox is attached
+    # (ADD done, DEL not yet), which stop and remove must undo.
+    additional_ips: list[str] = field(default_factory=list)
+    cni_attached: bool = False
 
     @property
     def state(self) -> cri.PodSandboxState:
@@ -58,7 +62,7 @@ class Sandbox:
         return {
             "id": self.id, "name": self.name, "config": _pack(self.config), "runtime_handler": self.runtime_handler,
             "created_ns": self.created_ns, "ip": self.ip, "ready": self.ready, "netns_path": self.netns_path,
-            "stopped_ns": self.stopped_ns,
+            "stopped_ns": self.stopped_ns, "additional_ips": self.additional_ips, "cni_attached": self.cni_attached,
         }
 
     @classmethod
@@ -66,7 +70,8 @@ class Sandbox:
         return cls(
             id=r["id"], name=r["name"], config=_unpack(cri.PodSandboxConfig, r["config"]),
             runtime_handler=r["runtime_handler"], created_ns=r["created_ns"], ip=r["ip"], ready=r["ready"],
-            netns_path=r["netns_path"], stopped_ns=r["stopped_ns"],
+            netns_path=r["netns_path"], stopped_ns=r["stopped_ns"], additional_ips=list(r.get("additional_ips", [])),
+            cni_attached=bool(r.get("cni_attached", False)),
         )
 
 

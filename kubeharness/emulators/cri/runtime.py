@@ -23,10 +23,13 @@ from kubeharness.emulators.cri.config import CriConfig
 from kubeharness.emulators.cri.events import EventHub
 from kubeharness.emulators.cri.images import DEFAULT_CATALOG, Catalog, LocalImage, normalize_ref
 from kubeharness.emulators.cri.imagestore import ImageStore
+from kubeharness.emulators.cri.listeners import PortListeners
 from kubeharness.emulators.cri.listing import ListIndex
-from kubeharness.emulators.cri.logs import ContainerLog
+from kubeharness.emulators.cri.logs import ContainerLog, encode_line
 from kubeharness.emulators.cri.model import Container, Sandbox
+from kubeharness.emulators.cri.netns import Namespaces
 from kubeharness.emulators.cri.network import IpPool
+from kubeharness.emulators.cri.podnet import PodNetwork
 from kubeharness.emulators.cri.process import Exit, Process
 from kubeharness.emulators.cri.scripted import ScriptedProcess
 from kubeharness.emulators.cri.shell.interp import APPLET_NAMES, Machine
@@ -66,6 +69,12 @@ class Runtime:
             self.runtime_config.network_config.pod_cidr = record["pod_cidr"]
             self.ips = IpPool(self._first_cidr(record["pod_cidr"]))
         self.events = EventHub(config.event_buffer)  # GetContainerEvents subscribers
+        self.netns = Namespaces(config.netns)  # sandboxes' network namespaces, emulated or real
+        # CNI plugins that set up pod networks, when a configuration directory is given (else the pool)
+        self.cni = PodNetwork(Path(config.cni_conf_dir), config.cni_bin_dir, state_dir / "cni",
+                              with_loopback=self.netns.real) if config.cni_conf_dir else None
+        self.listeners = PortListeners(clock, config.serve_ports)  # containers' HTTP/TCP ports on loopback IPs
+        self.network_locks: dict[str, asyncio.Lock] = {}  # one network teardown at a time, by sandbox id
         self.processes: dict[str, Process] = {}  # running containers' simulated processes
         self.pulls: dict[str, asyncio.Task[str]] = {}  # pulls in flight by canonical ref
         self.image_fs_dir = state_dir / "snapshots"  # where the image filesystem "lives"
@@ -140,6 +149,7 @@ class Runtime:
         self.sandboxes.delete(sb.id)
         self.sandbox_list.drop(sb.id)
         self.by_sandbox.pop(sb.id, None)
+        self.network_locks.pop(sb.id, None)
         self.names.release(sb.name)
 
     def add_container(self, c: Container) -> None:
@@ -153,6 +163,7 @@ class Runtime:
         self.container_list.drop(c.id)
         self.filesystems.pop(c.id, None)
         self._exec_pids.pop(c.id, None)
+        self.listeners.close(c.id)
         rootfs.remove_layer(self.state_dir, c.id)
         self.by_sandbox.get(c.sandbox_id, {}).pop(c.id, None)
         self.names.release(c.name)
@@ -225,7 +236,8 @@ class Runtime:
         self._exec_pids[c.id] = pid = self._exec_pids.get(c.id, 100) + 1
         return pid
 
-    def start_process(self, c: Container) -> Process:
+    def start_process(self, c: Container, resumed: bool = False) -> Process:
+        """Run a started container's simulated process (``resumed``: again, after an emulator restart)."""
         process: Process
         if self.scripted(c):
             siblings = sum(1 for other in self.containers_of(c.sandbox_id) if other.started_ns and other.id != c.id)
@@ -253,10 +265,32 @@ class Runtime:
             )
         self.processes[c.id] = process
         process.start()
+        self._listen(c, process, resumed)
         return process
+
+    def _listen(self, c: Container, process: Process, resumed: bool) -> None:
+        """Open the container's HTTP/TCP ports on its pod IP (see ``listeners``)."""
+        b = process.behaviour
+        if process.done or (b.http_port is None and b.tcp_port is None):
+            return
+        sb = self.sandboxes.find(c.sandbox_id)
+        if sb is None or not sb.ready:
+            return
+
+        def healthy() -> bool:
+            return b.unhealthy_after_ns is None or self.clock.now_ns() - c.started_ns < b.unhealthy_after_ns
+
+        failures = self.listeners.open(c.id, sb.ip, b.http_port, b.tcp_port, healthy)
+        if failures and not resumed:  # khelper reports a port it cannot get on stderr and carries on
+            log_file = ContainerLog(c.log_path)
+            log_file.write(b"".join(encode_line(c.started_ns, "stderr", line.encode()) for line in failures))
+            log_file.close()
+        for line in failures:
+            log.info("container %s (%s): %s", c.id[:12], c.config.metadata.name, line)
 
     def _process_exited(self, c: Container, ending: Exit) -> None:
         self.processes.pop(c.id, None)
+        self.listeners.close(c.id)
         self.mark_exited(c, ending)
 
     def mark_exited(self, c: Container, ending: Exit) -> None:
@@ -337,7 +371,7 @@ class Runtime:
         resumed = 0
         for c in self.containers:
             if c.state == cri.CONTAINER_RUNNING:
-                self.start_process(c)
+                self.start_process(c, resumed=True)
                 resumed += 1
         log.info(
             "loaded %d sandboxes, %d containers (%d running), %d images",
@@ -346,6 +380,7 @@ class Runtime:
 
     def shutdown(self) -> None:
         """Save progress and drop timers; the processes resume on the next load."""
+        self.listeners.close_all()
         for process in list(self.processes.values()):
             process.stop_timers()
             self.save_container(process.container)

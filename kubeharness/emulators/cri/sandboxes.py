@@ -1,15 +1,15 @@
 """Pod sandbox RPCs: RunPodSandbox, StopPodSandbox, RemovePodSandbox, PodSandboxStatus, ListPodSandbox.
 
 A sandbox is the pause container plus the namespaces its containers join; its IP is allocated once
-at RunPodSandbox and never changes while it lives, however often its containers restart.
+at RunPodSandbox and never changes while it lives, however often its containers restart. Where the IP
+comes from (the pool, or CNI plugins) and how the network is undone is :mod:`sandbox_network`'s job.
 """
 
 from __future__ import annotations
 
 import json
-import uuid
 
-from kubeharness.emulators.cri import images_service
+from kubeharness.emulators.cri import images_service, sandbox_network
 from kubeharness.emulators.cri.containers import stop_container_now
 from kubeharness.emulators.cri.model import Sandbox
 from kubeharness.emulators.cri.runtime import Runtime
@@ -59,9 +59,8 @@ async def run(rt: Runtime, req: cri.RunPodSandboxRequest) -> cri.RunPodSandboxRe
             runtime_handler=req.runtime_handler,
             created_ns=rt.clock.now_ns(),
         )
-        if not sb.host_network:
-            sb.ip = rt.ips.allocate()
-            sb.netns_path = f"/var/run/netns/cni-{uuid.uuid4()}"
+        if not sb.host_network:  # host-network pods get no namespace, no IP and no CNI call
+            await sandbox_network.set_up(rt, sb)
     except BaseException:
         rt.names.release(name)
         raise
@@ -72,8 +71,9 @@ async def run(rt: Runtime, req: cri.RunPodSandboxRequest) -> cri.RunPodSandboxRe
 
 
 async def stop(rt: Runtime, req: cri.StopPodSandboxRequest) -> cri.StopPodSandboxResponse:
-    """Stop every container of the sandbox, then the sandbox. Idempotent for a known sandbox (an unknown
-    one is NOT_FOUND, as in containerd 1.6)."""
+    """Stop every container of the sandbox, then the sandbox, then tear its network down. Idempotent for a
+    known sandbox (an unknown one is NOT_FOUND, as in containerd 1.6); a failed teardown (CNI DEL) fails
+    the call, leaving the sandbox NOTREADY, and the next stop or remove tries again."""
     require_id(req.pod_sandbox_id, "pod_sandbox_id")
     sb = rt.sandboxes.get(req.pod_sandbox_id)  # containerd 1.6: stopping an unknown sandbox is NOT_FOUND
     for c in rt.containers_of(sb.id):
@@ -81,10 +81,11 @@ async def stop(rt: Runtime, req: cri.StopPodSandboxRequest) -> cri.StopPodSandbo
     if sb.ready:
         sb.ready = False
         sb.stopped_ns = rt.clock.now_ns()
-        if sb.ip:
+        if sb.ip and not sb.cni_attached:
             rt.ips.release(sb.ip)
         rt.save_sandbox(sb)
         rt.emit_sandbox(cri.CONTAINER_STOPPED_EVENT, sb)
+    await sandbox_network.tear_down(rt, sb)
     return cri.StopPodSandboxResponse()
 
 
@@ -116,6 +117,7 @@ async def status(rt: Runtime, req: cri.PodSandboxStatusRequest) -> cri.PodSandbo
                 "pid": 0,
                 "processStatus": "running" if sb.ready else "deleted",
                 "netNamespacePath": sb.netns_path,
+                "netNamespaceEmulated": bool(sb.netns_path) and not rt.netns.is_real(sb.netns_path),
                 "image": rt.config.pause_image,
                 "runtimeHandler": sb.runtime_handler,
                 "emulated": True,

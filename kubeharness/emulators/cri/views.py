@@ -35,7 +35,9 @@ def sandbox_status(sb: Sandbox) -> cri.PodSandboxStatus:
         state=sb.state,
         created_at=sb.created_ns,
         # a stopped sandbox's network namespace is gone: containerd then reports no IP
-        network=cri.PodSandboxNetworkStatus(ip=sb.ip if sb.ready else ""),
+        network=cri.PodSandboxNetworkStatus(
+            ip=sb.ip, additional_ips=[cri.PodIP(ip=ip) for ip in sb.additional_ips]
+        ) if sb.ready else cri.PodSandboxNetworkStatus(),
         linux=cri.LinuxPodSandboxStatus(
             namespaces=cri.Namespace(options=options)
         ),
