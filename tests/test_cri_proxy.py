@@ -328,7 +328,15 @@ rules:
             assert await code_of(runtime.RunPodSandbox(crasher, timeout=10)) == grpc.StatusCode.UNAVAILABLE
             # the supervisor starts the proxy again on the same socket; calls work again through it
             other = api.RunPodSandboxRequest(config=cri.sandbox_config(name="other"))
-            sandbox_id = (await runtime.RunPodSandbox(other, timeout=20, wait_for_ready=True)).pod_sandbox_id
+            sandbox_id = ""
+            deadline = asyncio.get_running_loop().time() + 20
+            while not sandbox_id:  # UNAVAILABLE until the new proxy answers, as a kubelet would see it
+                try:
+                    sandbox_id = (await runtime.RunPodSandbox(other, timeout=5, wait_for_ready=True)).pod_sandbox_id
+                except grpc.aio.AioRpcError as err:
+                    assert err.code() == grpc.StatusCode.UNAVAILABLE, err
+                    assert asyncio.get_running_loop().time() < deadline, "the proxy did not come back"
+                    await asyncio.sleep(0.05)
             listed = await runtime.ListPodSandbox(api.ListPodSandboxRequest(), timeout=10)
             assert [s.id for s in listed.items] == [sandbox_id]  # the crashing call never reached the runtime
         assert supervisor.returncode is None  # the supervisor itself lives on
