@@ -3,6 +3,7 @@
     kubeharness cri serve --socket PATH --state-dir DIR [--config FILE] [--restart-on-crash [--max-restarts N]]
                           [--cni-conf-dir DIR] [--cni-bin-dir DIR] [--netns emulated|real]
     kubeharness cri proxy --listen unix://A --upstream unix://B [--faults FILE] [--restart-on-crash]
+    kubeharness csi serve --endpoint unix://PATH --state-dir DIR [--registration-dir DIR] [--node-id ID]
     kubeharness bench cri [--endpoint unix://PATH] [--cycles N] [--concurrency K] [--live-pods N] [--json FILE]
     kubeharness bench proxy [--upstream unix://PATH] [--cycles N]
     kubeharness bench shell [--containers N] [--seconds S]
@@ -60,6 +61,29 @@ def _cri_proxy(args: argparse.Namespace) -> int:
     fault_log = Path(args.fault_log) if args.fault_log else None
     control = Path(args.fault_control) if args.fault_control else None
     asyncio.run(proxy_serve(args.listen, args.upstream, faults, args.fault_seed, fault_log, control))
+    return 0
+
+
+def _csi_serve(args: argparse.Namespace) -> int:
+    if args.restart_on_crash:
+        from kubeharness.supervise import run_supervised, supervised_argv
+
+        child = supervised_argv(args.argv, drop={"--restart-on-crash": 0})
+        return run_supervised([sys.executable, "-m", "kubeharness.cli", *child], name="CSI emulator")
+    from kubeharness.emulators.csi.config import CsiConfig
+    from kubeharness.emulators.csi.server import serve as csi_serve
+
+    config = CsiConfig.load(Path(args.config)) if args.config else CsiConfig()
+    for key in ("node_id", "mode", "driver_name"):  # flags win over the config file
+        if getattr(args, key) is not None:
+            setattr(config, key, getattr(args, key))
+    config.check()
+    registration = Path(args.registration_dir) if args.registration_dir else None
+    faults = Path(args.faults) if args.faults else None
+    fault_log = Path(args.fault_log) if args.fault_log else None
+    control = Path(args.fault_control) if args.fault_control else None
+    asyncio.run(csi_serve(args.endpoint, Path(args.state_dir), config, registration, faults, args.fault_seed,
+                          fault_log, control))
     return 0
 
 
@@ -171,6 +195,19 @@ def build_parser() -> argparse.ArgumentParser:
     _fault_options(proxy, "a fault plan (YAML); rules for 'proxy' and 'cri' apply", "the listen path + '.faults'",
                    "proxy")
     proxy.set_defaults(func=_cri_proxy)
+
+    csi_cmd = sub.add_parser("csi", help="the CSI plugin emulator").add_subparsers(dest="action", required=True)
+    csi_serve = csi_cmd.add_parser("serve", help="serve CSI Identity, Controller and Node on a unix socket")
+    csi_serve.add_argument("--endpoint", required=True, help="unix socket (path or unix:// URL) to listen on")
+    csi_serve.add_argument("--state-dir", required=True, help="directory for the plugin's saved state")
+    csi_serve.add_argument("--config", help="YAML configuration file (keys of CsiConfig)")
+    csi_serve.add_argument("--registration-dir", metavar="DIR",
+                           help="serve kubelet plugin registration in DIR (e.g. /var/lib/kubelet/plugins_registry)")
+    csi_serve.add_argument("--node-id", help="this node's id (NodeGetInfo, ControllerPublishVolume)")
+    csi_serve.add_argument("--driver-name", help="the driver's name (default csi.kubeharness.io)")
+    csi_serve.add_argument("--mode", choices=("emulated", "real"), help="emulated mounts, or real ones (root)")
+    _fault_options(csi_serve, "a fault plan (YAML); rules for 'csi' apply", "STATE_DIR/faults.sock", "plugin")
+    csi_serve.set_defaults(func=_csi_serve)
 
     bench = sub.add_parser("bench", help="benchmarks that print figures").add_subparsers(dest="target", required=True)
     bench_cri = bench.add_parser("cri", help="pod-cycle latency and throughput of a CRI endpoint")

@@ -28,8 +28,8 @@ Matching strings are shell-style patterns (``*``, ``?``, ``[...]``): a plain str
 and the other steps name an action inline: ``error(CODE[, message])``, ``partial(CODE[, message])``,
 ``delay(seconds[, jitter[, before|after]])``, ``hang``, ``crash([exit|sigkill[, exit_code]])``,
 ``cni_error(code[, msg[, details]])``,
-``cni_partial(code[, msg[, details]])``, ``cni_hang``. A step without a count counts once; the last step
-repeats for ever.
+``cni_partial(code[, msg[, details]])``, ``cni_hang``, ``csi_abnormal([message])``, ``csi_not_ready``. A
+step without a count counts once; the last step repeats for ever.
 """
 
 from __future__ import annotations
@@ -226,10 +226,26 @@ class CniHang(_ActionBase):
     kind: ClassVar[str] = "cni_hang"
 
 
-Action: TypeAlias = Error | Partial | Delay | Hang | Crash | CniError | CniPartial | CniHang
+@dataclass(frozen=True)
+class CsiAbnormal(_ActionBase):
+    """Do the CSI call and report the volume's condition as abnormal with ``message`` (NodeGetVolumeStats)."""
+
+    kind: ClassVar[str] = "csi_abnormal"
+    message: str
+
+
+@dataclass(frozen=True)
+class CsiNotReady(_ActionBase):
+    """Answer a CSI Probe with ready = false (the driver is not ready yet)."""
+
+    kind: ClassVar[str] = "csi_not_ready"
+
+
+Action: TypeAlias = Error | Partial | Delay | Hang | Crash | CniError | CniPartial | CniHang | CsiAbnormal | CsiNotReady
 
 ACTION_KINDS: tuple[str, ...] = (
-    "error", "partial", "delay", "hang", "crash", "cni_error", "cni_partial", "cni_hang",
+    "error", "partial", "delay", "hang", "crash", "cni_error", "cni_partial", "cni_hang", "csi_abnormal",
+    "csi_not_ready",
 )
 _GRPC_WHERES = ("cri", "csi", "proxy")
 _ACTION_WHERES: Mapping[str, tuple[str, ...]] = {
@@ -241,6 +257,8 @@ _ACTION_WHERES: Mapping[str, tuple[str, ...]] = {
     "cni_error": ("cni",),
     "cni_partial": ("cni",),
     "cni_hang": ("cni",),
+    "csi_abnormal": ("csi",),
+    "csi_not_ready": ("csi",),
 }
 _ACTION_FIELDS: Mapping[str, tuple[str, ...]] = {
     "error": ("code", "message"),
@@ -251,6 +269,8 @@ _ACTION_FIELDS: Mapping[str, tuple[str, ...]] = {
     "cni_error": ("code", "msg", "details"),
     "cni_partial": ("code", "msg", "details"),
     "cni_hang": (),
+    "csi_abnormal": ("message",),
+    "csi_not_ready": (),
 }
 _TEXT_FIELDS = frozenset({"message", "msg", "details"})
 
@@ -590,6 +610,10 @@ def _build_action(kind: str, fields: Mapping[str, object], where: str, rule: str
         msg = _text(fields.get("msg", default_msg), "msg")
         details = _text(fields.get("details", ""), "details")
         return CniError(cni_code, msg, details) if kind == "cni_error" else CniPartial(cni_code, msg, details)
+    if kind == "csi_abnormal":
+        return CsiAbnormal(_text(fields.get("message", f"volume reported abnormal ({default_message})"), "message"))
+    if kind == "csi_not_ready":
+        return CsiNotReady()
     return Hang() if kind == "hang" else CniHang()
 
 
