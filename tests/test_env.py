@@ -223,6 +223,77 @@ def test_bench_proxy_measures_the_proxy_in_front_of_containerd(env: tuple[Path, 
                      re.MULTILINE)
 
 
+def test_a_container_on_containerd_sees_a_volume_the_csi_emulator_published(
+        env: tuple[Path, str], runtime: api_grpc.RuntimeServiceStub, tmp_path: Path) -> None:
+    from kubeharness.wire.csi import csi_pb2 as csi
+    from kubeharness.wire.csi import csi_pb2_grpc as csi_grpc
+
+    _, endpoint = env
+    config = tmp_path / "csi.yaml"
+    config.write_text(f"node_id: node-1\nmode: real\nroots: [{tmp_path / 'kubelet'}]\n")
+    plugin = subprocess.Popen([sys.executable, "-m", "kubeharness.cli", "csi", "serve", "--endpoint",
+                               f"unix://{tmp_path / 'csi.sock'}", "--state-dir", str(tmp_path / "state"),
+                               "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    staging = str(tmp_path / "kubelet" / "plugins" / "data" / "globalmount")
+    target = str(tmp_path / "kubelet" / "pods" / "uid" / "volumes" / "kubernetes.io~csi" / "data" / "mount")
+    access = csi.VolumeCapability.AccessMode
+    cap = csi.VolumeCapability(mount=csi.VolumeCapability.MountVolume(mount_flags=["nodev"]),
+                               access_mode=access(mode=access.SINGLE_NODE_WRITER))
+    sid = ""
+    try:
+        assert plugin.stdout is not None and "listening" in plugin.stdout.readline()
+        with grpc.insecure_channel(f"unix://{tmp_path / 'csi.sock'}") as channel:
+            controller, node = csi_grpc.ControllerStub(channel), csi_grpc.NodeStub(channel)
+            volume_id = controller.CreateVolume(csi.CreateVolumeRequest(name="data", volume_capabilities=[cap]),
+                                                timeout=10).volume.volume_id
+            controller.ControllerPublishVolume(csi.ControllerPublishVolumeRequest(
+                volume_id=volume_id, node_id="node-1", volume_capability=cap), timeout=10)
+            node.NodeStageVolume(csi.NodeStageVolumeRequest(volume_id=volume_id, staging_target_path=staging,
+                                                            volume_capability=cap), timeout=10)
+            node.NodePublishVolume(csi.NodePublishVolumeRequest(
+                volume_id=volume_id, staging_target_path=staging, target_path=target, volume_capability=cap),
+                timeout=10)
+            Path(staging, "hello").write_text("written on the host\n")
+            pull(endpoint, "docker.io/library/busybox:1.36")
+            sandbox = api.PodSandboxConfig(
+                metadata=api.PodSandboxMetadata(name="csi", namespace="default", uid="csi-uid"),
+                log_directory=str(tmp_path / "logs"))
+            sid = runtime.RunPodSandbox(api.RunPodSandboxRequest(config=sandbox), timeout=60).pod_sandbox_id
+            container = api.ContainerConfig(
+                metadata=api.ContainerMetadata(name="reader"),
+                image=api.ImageSpec(image="docker.io/library/busybox:1.36"),
+                command=["sh", "-c", "cat /data/hello; echo from the pod > /data/back"], log_path="reader.log",
+                mounts=[api.Mount(container_path="/data", host_path=target)])
+            cid = runtime.CreateContainer(api.CreateContainerRequest(
+                pod_sandbox_id=sid, config=container, sandbox_config=sandbox), timeout=30).container_id
+            runtime.StartContainer(api.StartContainerRequest(container_id=cid), timeout=30)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                state = runtime.ContainerStatus(api.ContainerStatusRequest(container_id=cid), timeout=10).status
+                if state.state == api.CONTAINER_EXITED:
+                    break
+                time.sleep(0.2)
+            assert (state.state, state.exit_code) == (api.CONTAINER_EXITED, 0)
+            assert Path(state.log_path).read_text().splitlines()[0].endswith(" stdout F written on the host")
+            assert Path(staging, "back").read_text() == "from the pod\n"  # the pod wrote into the volume
+            runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=sid), timeout=60)
+            runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=sid), timeout=60)
+            sid = ""
+            node.NodeUnpublishVolume(csi.NodeUnpublishVolumeRequest(volume_id=volume_id, target_path=target),
+                                     timeout=10)
+            node.NodeUnstageVolume(csi.NodeUnstageVolumeRequest(volume_id=volume_id, staging_target_path=staging),
+                                   timeout=10)
+        assert manage.mounts_below(tmp_path) == []
+    finally:
+        if sid:
+            runtime.StopPodSandbox(api.StopPodSandboxRequest(pod_sandbox_id=sid), timeout=60)
+            runtime.RemovePodSandbox(api.RemovePodSandboxRequest(pod_sandbox_id=sid), timeout=60)
+        for path in (target, staging):
+            subprocess.run(["umount", path], capture_output=True, check=False)
+        plugin.terminate()
+        assert plugin.wait(timeout=15) == 0
+
+
 def test_down_leaves_no_shims_mounts_namespaces_or_bridge(env: tuple[Path, str],
                                                           runtime: api_grpc.RuntimeServiceStub) -> None:
     # runs last in this module: take the environment down with a pod still running, then look for leftovers
