@@ -15,6 +15,7 @@ import pytest
 from kubeharness.clock import VirtualClock
 from kubeharness.emulators.csi.config import CsiConfig
 from kubeharness.emulators.csi.server import CsiServer
+from kubeharness.errors import KubeharnessError
 from kubeharness.faults import FaultEngine, load_plan
 from kubeharness.wire.csi import csi_pb2 as csi
 from kubeharness.wire.csi import csi_pb2_grpc as csi_grpc
@@ -389,3 +390,20 @@ async def test_the_registration_socket_tells_kubelet_about_the_driver(plugin: Cs
             "CSIPlugin", "csi.kubeharness.io", str(plugin.root / "csi.sock"), ["1.0.0"])
         await stub.NotifyRegistrationStatus(reg.RegistrationStatus(plugin_registered=True))
     assert plugin.server.registration.statuses == [(True, "")]
+
+
+@pytest.mark.parametrize(("settings", "words"), [
+    ({"driver_name": "../evil"}, "driver name"),
+    ({"driver_name": "Upper.Case"}, "driver name"),
+    ({"driver_name": "x" * 64}, "driver name"),
+    ({"roots": [1]}, "roots"),
+    ({"roots": ["relative/dir"]}, "roots"),
+    ({"mode": "magic"}, "mode"),
+])
+def test_bad_settings_are_refused_naming_them(settings: dict[str, object], words: str) -> None:
+    config = CsiConfig()
+    for key, value in settings.items():
+        setattr(config, key, value)
+    with pytest.raises(KubeharnessError) as refused:
+        config.check()
+    assert words in refused.value.message

@@ -8,6 +8,7 @@ be; kubelet's are ``/var/lib/kubelet/plugins/kubernetes.io/csi/...`` (staging) a
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ GiB = 1024**3
 DEFAULT_DRIVER = "csi.kubeharness.io"
 TOPOLOGY_KEY = "topology.csi.kubeharness.io/node"
 MODES = ("emulated", "real")
+DRIVER_NAME = re.compile(r"(?=.{1,63}$)[a-z0-9]([a-z0-9.-]*[a-z0-9])?")
 
 
 @dataclass
@@ -70,8 +72,13 @@ class CsiConfig:
     def check(self) -> None:
         if self.mode not in MODES:
             raise InvalidArgument(f"mode {self.mode!r}: expected one of {', '.join(MODES)}")
-        if not self.driver_name or len(self.driver_name) > 63:
-            raise InvalidArgument(f"driver name {self.driver_name!r}: 1 to 63 characters (CSI spec)")
+        if not DRIVER_NAME.fullmatch(self.driver_name):
+            # the spec's rule; it also keeps the registration socket's name inside its directory
+            raise InvalidArgument(f"driver name {self.driver_name!r}: at most 63 characters of lowercase "
+                                  "letters, digits, '-' and '.', beginning and ending with a letter or digit")
+        for root in self.roots:
+            if not isinstance(root, str) or not root.startswith("/"):
+                raise InvalidArgument(f"roots: {root!r} is not an absolute path")
         if not self.node_id:
             raise InvalidArgument("node id must not be empty")
         for name in ("capacity_bytes", "default_volume_bytes", "max_volumes_per_node", "used_bytes", "inodes"):
