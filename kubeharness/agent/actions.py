@@ -1,0 +1,238 @@
+"""What the sync loop must do to bring a pod's runtime state to its spec: kubelet's computePodActions.
+
+:func:`compute_pod_actions` is pure: it reads the desired :class:`~kubeharness.agent.model.Pod`, the
+:class:`~kubeharness.agent.observed.ObservedPod` and the crash-loop :class:`~kubeharness.agent.backoff.Backoff`
+(without changing it) and returns a :class:`PodActions`. The rules are those of ``kuberuntime_manager.go``
+(and ``kuberuntime/util``, ``kuberuntime_container.go``, ``container/helpers.go``), without sidecars,
+ephemeral containers, probes (part 2) or in-place resize:
+
+1. Sandbox: a new one is needed when there is none, when several are ready, when the newest is not ready,
+   when its network namespace mode does not match hostNetwork, or when a non-host-network sandbox has no
+   IP. Then the whole pod is killed and restarted from its first init container (attempt = highest
+   attempt + 1), except that a pod whose restartPolicy is Never and that already ran containers is only
+   killed, and a pod with nothing left to start (OnFailure and all succeeded, after initialization) too.
+2. Init containers run one at a time, in order, to completion. A failed one (non-zero exit, OOMKilled or
+   unknown state) is started again unless restartPolicy is Never, in which case the pod is killed (and
+   :mod:`.status` reports it Failed). Nothing else starts until they are done.
+3. App containers that are not running are started if the policy says so (Always; OnFailure after a
+   non-zero exit; Never: never again); one in unknown state is killed first. A running container whose
+   spec hash changed is killed and started again. When nothing is left running or to start, the pod is
+   killed.
+4. Back-off: a container to start whose last instance exited is held back while
+   ``backoff.in_backoff`` says so; it appears in :attr:`PodActions.backing_off` with kubelet's
+   CrashLoopBackOff reason and message instead. The caller calls ``backoff.next(*backoff_entry(...))``
+   when it does start a container (kubelet's doBackOff does both in one go at start time).
+5. Deletion (``deleting=True``): kill the pod with the given grace period (or the pod's), start nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from kubeharness.agent import model
+from kubeharness.agent.backoff import Backoff, BackoffKey, backoff_key, go_duration
+from kubeharness.agent.model import Container, Pod
+from kubeharness.agent.observed import EXITED, RUNNING, UNKNOWN, ObservedContainer, ObservedPod
+
+CRASH_LOOP_BACK_OFF = "CrashLoopBackOff"
+OOM_KILLED = "OOMKilled"
+
+
+@dataclass(frozen=True)
+class ContainerToKill:
+    container_id: str
+    name: str
+    message: str
+    reason: str = ""  # kubelet's kill reason ("Unknown" for unknown-state containers; probes in part 2)
+
+
+@dataclass(frozen=True)
+class BackingOff:
+    """A container that should start but is held back by crash-loop back-off."""
+
+    name: str
+    reason: str  # CrashLoopBackOff
+    message: str  # "back-off 20s restarting failed container=... pod=..."
+    remaining_ns: int  # until it may start
+
+
+@dataclass(frozen=True)
+class PodActions:
+    kill_pod: bool = False  # stop every container and the sandbox(es)
+    create_sandbox: bool = False  # then run a new sandbox (and remove the old init containers)
+    sandbox_id: str = ""  # the existing sandbox, to start containers in
+    attempt: int = 0  # the sandbox attempt to create (or of the existing one)
+    init_container_to_start: int | None = None  # index into spec.init_containers
+    containers_to_start: tuple[int, ...] = ()  # indexes into spec.containers
+    containers_to_kill: tuple[ContainerToKill, ...] = ()
+    backing_off: tuple[BackingOff, ...] = ()
+    grace_period_s: int | None = None  # for kill_pod on deletion; None: the pod's own
+    init_failed: bool = False  # an init container failed and will not be restarted (restartPolicy Never)
+
+
+def sandbox_changed(pod: Pod, observed: ObservedPod | None) -> tuple[bool, int, str]:
+    """(a new sandbox is needed, its attempt, the current sandbox id), as kubelet's PodSandboxChanged."""
+    if observed is None or not observed.sandboxes:
+        return True, 0, ""
+    newest = observed.sandboxes[0]
+    max_attempt = max(s.attempt for s in observed.sandboxes)
+    if sum(1 for s in observed.sandboxes if s.ready) > 1 or not newest.ready:
+        return True, max_attempt + 1, newest.id
+    wanted_mode = "node" if pod.spec.host_network else "pod"
+    if newest.network_mode is not None and newest.network_mode != wanted_mode:
+        return True, max_attempt + 1, ""
+    if not pod.spec.host_network and newest.ips is not None and not newest.ips:
+        return True, max_attempt + 1, newest.id
+    return False, max_attempt, newest.id
+
+
+def should_restart(pod: Pod, status: ObservedContainer | None, deleting: bool = False) -> bool:
+    """Kubelet's ShouldContainerBeRestarted for the container's newest instance ``status``."""
+    if deleting:
+        return False
+    if status is None:
+        return True
+    if status.state == RUNNING:
+        return False
+    if status.state != EXITED:  # created or unknown
+        return True
+    if pod.spec.restart_policy == model.NEVER:
+        return False
+    return not (pod.spec.restart_policy == model.ON_FAILURE and status.exit_code == 0)
+
+
+def _init_failed(status: ObservedContainer) -> bool:
+    return status.reason == OOM_KILLED or status.state == UNKNOWN or (status.state == EXITED and status.exit_code != 0)
+
+
+def next_init_container(pod: Pod, observed: ObservedPod | None) -> tuple[ObservedContainer | None, int | None, bool]:
+    """(last failed init instance, index of the init container to run next, all done), as kubelet's."""
+    inits = pod.spec.init_containers
+    if not inits:
+        return None, None, True
+    if observed is None:
+        return None, 0, False
+    if any((s := observed.latest(c.name)) is not None and s.state == RUNNING for c in pod.spec.containers):
+        return None, None, True
+    for i in range(len(inits) - 1, -1, -1):
+        status = observed.latest(inits[i].name)
+        if status is not None and _init_failed(status):
+            return status, i, False
+    for i in range(len(inits) - 1, -1, -1):
+        status = observed.latest(inits[i].name)
+        if status is None:
+            continue
+        if status.state == RUNNING:
+            return None, None, False
+        if status.state == EXITED:
+            return (None, None, True) if i == len(inits) - 1 else (None, i + 1, False)
+    return None, 0, False
+
+
+def backoff_entry(pod: Pod, observed: ObservedPod | None, container: Container) -> tuple[BackoffKey, int] | None:
+    """(back-off key, finish time of the last exited instance) for ``container``, or None if none exited."""
+    last = observed.latest_exited(container.name) if observed is not None else None
+    if last is None:
+        return None
+    return backoff_key(pod, container), last.finished_ns
+
+
+def _backing_off(pod: Pod, observed: ObservedPod | None, container: Container, backoff: Backoff,
+                 now_ns: int) -> BackingOff | None:
+    entry = backoff_entry(pod, observed, container)
+    if entry is None:
+        return None
+    key, finished_ns = entry
+    remaining = backoff.remaining_ns(key, finished_ns, now_ns)
+    if remaining <= 0:
+        return None
+    message = (f"back-off {go_duration(backoff.get_ns(key))} restarting failed container={container.name} "
+               f"pod={pod.name}_{pod.namespace}({pod.uid})")
+    return BackingOff(container.name, CRASH_LOOP_BACK_OFF, message, remaining)
+
+
+def _with_backoff(pod: Pod, observed: ObservedPod | None, actions: PodActions, backoff: Backoff,
+                  now_ns: int) -> PodActions:
+    """Move the containers that are backing off out of the start lists."""
+    held: list[BackingOff] = []
+    init = actions.init_container_to_start
+    if init is not None and (b := _backing_off(pod, observed, pod.spec.init_containers[init], backoff, now_ns)):
+        held.append(b)
+        init = None
+    start: list[int] = []
+    for idx in actions.containers_to_start:
+        b = _backing_off(pod, observed, pod.spec.containers[idx], backoff, now_ns)
+        if b is None:
+            start.append(idx)
+        else:
+            held.append(b)
+    return replace(actions, init_container_to_start=init, containers_to_start=tuple(start), backing_off=tuple(held))
+
+
+def compute_pod_actions(pod: Pod, observed: ObservedPod | None, backoff: Backoff, now_ns: int, *,
+                        deleting: bool = False, grace_period_s: int | None = None) -> PodActions:
+    """Kubelet's computePodActions (plus the back-off check of its start step); pure."""
+    if deleting:
+        grace = grace_period_s if grace_period_s is not None else pod.spec.termination_grace_period_seconds
+        return PodActions(kill_pod=True, grace_period_s=grace)
+    create, attempt, sandbox_id = sandbox_changed(pod, observed)
+    if create:
+        actions = _recreate(pod, observed, attempt, sandbox_id)
+    else:
+        actions = _in_sandbox(pod, observed, attempt, sandbox_id)
+    return _with_backoff(pod, observed, actions, backoff, now_ns)
+
+
+def _recreate(pod: Pod, observed: ObservedPod | None, attempt: int, sandbox_id: str) -> PodActions:
+    kill_only = PodActions(kill_pod=True, sandbox_id=sandbox_id, attempt=attempt)
+    ran_containers = observed is not None and bool(observed.containers)
+    if pod.spec.restart_policy == model.NEVER and attempt != 0 and ran_containers:
+        return kill_only
+    to_start = tuple(i for i, c in enumerate(pod.spec.containers)
+                     if not (pod.spec.restart_policy == model.ON_FAILURE and _succeeded(observed, c)))
+    if not to_start and next_init_container(pod, observed)[2]:
+        return kill_only
+    if pod.spec.init_containers:
+        return replace(kill_only, create_sandbox=True, init_container_to_start=0)
+    return replace(kill_only, create_sandbox=True, containers_to_start=to_start)
+
+
+def _succeeded(observed: ObservedPod | None, container: Container) -> bool:
+    status = observed.latest(container.name) if observed is not None else None
+    return status is not None and status.state == EXITED and status.exit_code == 0
+
+
+def _in_sandbox(pod: Pod, observed: ObservedPod | None, attempt: int, sandbox_id: str) -> PodActions:
+    kills: list[ContainerToKill] = []
+    last_failed, next_init, done = next_init_container(pod, observed)
+    if not done:
+        if next_init is None:  # an init container is running
+            return PodActions(sandbox_id=sandbox_id, attempt=attempt)
+        if last_failed is not None and pod.spec.restart_policy == model.NEVER:
+            return PodActions(kill_pod=True, sandbox_id=sandbox_id, attempt=attempt, init_failed=True)
+        if last_failed is not None and last_failed.state == UNKNOWN:
+            kills.append(ContainerToKill(last_failed.id, last_failed.name,
+                                         'Init container is in "unknown" state, try killing it before restart',
+                                         "Unknown"))
+        return PodActions(sandbox_id=sandbox_id, attempt=attempt, init_container_to_start=next_init,
+                          containers_to_kill=tuple(kills))
+    keep = 0
+    start: list[int] = []
+    for idx, container in enumerate(pod.spec.containers):
+        status = observed.latest(container.name) if observed is not None else None
+        if status is None or status.state != RUNNING:
+            if should_restart(pod, status):
+                start.append(idx)
+                if status is not None and status.state == UNKNOWN:
+                    kills.append(ContainerToKill(status.id, status.name,
+                                                 'Container is in "unknown" state, try killing it before restart',
+                                                 "Unknown"))
+            continue
+        if status.spec_hash != container.spec_hash:
+            kills.append(ContainerToKill(status.id, status.name,
+                                         f"Container {container.name} definition changed, will be restarted"))
+            start.append(idx)
+            continue
+        keep += 1
+    return PodActions(kill_pod=keep == 0 and not start, sandbox_id=sandbox_id, attempt=attempt,
+                      containers_to_start=tuple(start), containers_to_kill=tuple(kills))

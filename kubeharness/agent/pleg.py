@@ -1,0 +1,245 @@
+"""The pod lifecycle event generator: relist the runtime, diff it with the last relist, emit events.
+
+Kubelet's generic PLEG (``pkg/kubelet/pleg/generic.go``), in two parts:
+
+- :func:`generate_events` is the pure transition: for every container *and sandbox* id of a pod in the
+  old or the new view it compares the states (a sandbox counts as running when ready and exited when not
+  ready; a created container as unknown) and yields ContainerStarted (now running), ContainerDied (now
+  exited), ContainerChanged (now unknown) or, for an id that is gone, ContainerRemoved (preceded by
+  ContainerDied unless it had already been seen exited).
+- :class:`Pleg` owns the loop. :meth:`Pleg.relist` is one step: ListPodSandbox + ListContainers, diff per
+  pod, and for each pod with events fetch the statuses (ContainerStatus, PodSandboxStatus) to refresh the
+  cache the pod workers read (:meth:`Pleg.get`); then put the events on :attr:`Pleg.events` (ContainerChanged
+  is left out, as kubelet does; a full queue drops events and counts them). A pod whose statuses cannot
+  be read keeps its old record and is inspected again at the next relist. :meth:`Pleg.run` relists every
+  period (1 s), sooner when :meth:`Pleg.trigger` is called, e.g. by :meth:`Pleg.follow_events` for each
+  message of the runtime's GetContainerEvents stream.
+- :meth:`Pleg.healthy` is false until a relist has succeeded and whenever the last successful one started
+  more than 3 minutes ago (kubelet's threshold); the node reports not ready then.
+
+The runtime is reached through :class:`RuntimeLister`, which the agent's CRI client and test doubles fit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterable, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+import grpc
+
+from kubeharness.agent import observed as obs
+from kubeharness.clock import NS_PER_SECOND, Clock, seconds_to_ns
+from kubeharness.wire.cri import api_pb2 as api
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+CONTAINER_STARTED = "ContainerStarted"
+CONTAINER_DIED = "ContainerDied"
+CONTAINER_REMOVED = "ContainerRemoved"
+CONTAINER_CHANGED = "ContainerChanged"
+
+RELIST_PERIOD_S = 1.0
+RELIST_THRESHOLD_S = 180.0
+EVENT_QUEUE_SIZE = 1000  # kubelet's plegChannelCapacity
+
+# PLEG's own view of a state; "absent" completes the transitions
+_RUNNING, _EXITED, _UNKNOWN, _ABSENT = "running", "exited", "unknown", "absent"
+
+
+@dataclass(frozen=True)
+class PodLifecycleEvent:
+    uid: str  # the pod's
+    type: str  # CONTAINER_STARTED, CONTAINER_DIED, CONTAINER_REMOVED or CONTAINER_CHANGED
+    data: str  # the container (or sandbox) id
+
+
+class RuntimeLister(Protocol):
+    """The CRI calls the PLEG makes (a subset of the agent's RuntimeClient)."""
+
+    async def list_sandboxes(self) -> list[api.PodSandbox]: ...
+
+    async def list_containers(self) -> list[api.Container]: ...
+
+    async def sandbox_status(self, sandbox_id: str) -> api.PodSandboxStatus: ...
+
+    async def container_status(self, container_id: str) -> api.ContainerStatus: ...
+
+
+def _states(pod: obs.ObservedPod | None) -> dict[str, str]:
+    """Id -> PLEG state, containers first then sandboxes (kubelet's order)."""
+    if pod is None:
+        return {}
+    states = {c.id: _RUNNING if c.state == obs.RUNNING else _EXITED if c.state == obs.EXITED else _UNKNOWN
+              for c in pod.containers}
+    for s in pod.sandboxes:
+        states.setdefault(s.id, _RUNNING if s.ready else _EXITED)
+    return states
+
+
+def _transition(uid: str, cid: str, old: str, new: str) -> list[PodLifecycleEvent]:
+    if old == new:
+        return []
+    if new == _RUNNING:
+        return [PodLifecycleEvent(uid, CONTAINER_STARTED, cid)]
+    if new == _EXITED:
+        return [PodLifecycleEvent(uid, CONTAINER_DIED, cid)]
+    if new == _UNKNOWN:
+        return [PodLifecycleEvent(uid, CONTAINER_CHANGED, cid)]
+    removed = PodLifecycleEvent(uid, CONTAINER_REMOVED, cid)
+    return [removed] if old == _EXITED else [PodLifecycleEvent(uid, CONTAINER_DIED, cid), removed]
+
+
+def generate_events(old: obs.ObservedPod | None, new: obs.ObservedPod | None) -> list[PodLifecycleEvent]:
+    """The events that take a pod from ``old`` to ``new`` (either may be None: not in the runtime)."""
+    ref = old or new
+    if ref is None:
+        return []
+    before, after = _states(old), _states(new)
+    ids = list(dict.fromkeys([*before, *after]))
+    return [e for cid in ids for e in _transition(ref.uid, cid, before.get(cid, _ABSENT), after.get(cid, _ABSENT))]
+
+
+class Pleg:
+    """Relists the runtime every period, keeps the observed pods, and queues lifecycle events."""
+
+    def __init__(self, runtime: RuntimeLister, clock: Clock, period_s: float = RELIST_PERIOD_S, *,
+                 threshold_s: float = RELIST_THRESHOLD_S, on_relist: Callable[[float], None] | None = None,
+                 queue_size: int = EVENT_QUEUE_SIZE) -> None:
+        self.runtime = runtime  # CRI lists and statuses
+        self.clock = clock  # stamps relists, paces run()
+        self.period_s = period_s
+        self.threshold_ns = seconds_to_ns(threshold_s)
+        self.on_relist = on_relist  # gets each relist's duration in seconds (kubelet_pleg_relist_duration_seconds)
+        self.events: asyncio.Queue[PodLifecycleEvent] = asyncio.Queue(maxsize=queue_size)
+        self.discarded_events = 0  # kubelet_pleg_discard_events
+        self.last_relist_ns: int | None = None  # start of the last successful relist
+        self._records: dict[str, obs.ObservedPod] = {}  # last relist's listed view, per uid
+        self._cache: dict[str, obs.ObservedPod] = {}  # inspected pods (with statuses), per uid
+        self._reinspect: set[str] = set()
+        self._wake = asyncio.Event()
+
+    # -- what others read ------------------------------------------------------------------------------
+
+    def get(self, uid: str) -> obs.ObservedPod | None:
+        """The pod as last inspected, or None if the runtime has nothing of it."""
+        return self._cache.get(uid)
+
+    def pods(self) -> dict[str, obs.ObservedPod]:
+        return dict(self._cache)
+
+    def healthy(self) -> bool:
+        """False before the first successful relist and when the last one is older than the threshold."""
+        if self.last_relist_ns is None:
+            return False
+        return self.clock.now_ns() - self.last_relist_ns <= self.threshold_ns
+
+    # -- the step --------------------------------------------------------------------------------------
+
+    async def relist(self) -> list[PodLifecycleEvent]:
+        """One relist; returns the events it produced (also queued). Runtime errors are logged, not raised."""
+        start = self.clock.now_ns()
+        try:
+            try:
+                sandboxes = await self.runtime.list_sandboxes()
+                containers = await self.runtime.list_containers()
+            except (grpc.RpcError, TimeoutError) as err:
+                log.warning("PLEG: cannot list the runtime's pods: %s", err)
+                return []
+            self.last_relist_ns = start
+            return await self._diff(obs.group_by_uid(sandboxes, containers))
+        finally:
+            if self.on_relist is not None:
+                self.on_relist((self.clock.now_ns() - start) / NS_PER_SECOND)
+
+    async def _diff(self, groups: dict[str, tuple[list[api.PodSandbox], list[api.Container]]],
+                    ) -> list[PodLifecycleEvent]:
+        listed = {uid: obs.from_cri(sbs, cs)[uid] for uid, (sbs, cs) in groups.items()}
+        reinspect: set[str] = set()
+        emitted: list[PodLifecycleEvent] = []
+        for uid in list(dict.fromkeys([*self._records, *listed])):
+            events = generate_events(self._records.get(uid), listed.get(uid))
+            if not events and uid not in self._reinspect:
+                continue
+            if uid in listed:
+                try:
+                    self._cache[uid] = await self._inspect(uid, *groups[uid])
+                except (grpc.RpcError, TimeoutError) as err:
+                    log.warning("PLEG: cannot inspect pod %s, will retry: %s", uid, err)
+                    reinspect.add(uid)
+                    continue
+                self._records[uid] = listed[uid]
+            else:
+                self._cache.pop(uid, None)
+                self._records.pop(uid, None)
+            for event in events:
+                if event.type == CONTAINER_CHANGED:
+                    continue
+                emitted.append(event)
+                try:
+                    self.events.put_nowait(event)
+                except asyncio.QueueFull:
+                    self.discarded_events += 1
+                    log.error("PLEG: event queue full, dropping %s", event)
+        self._reinspect = reinspect
+        return emitted
+
+    async def _inspect(self, uid: str, sandboxes: list[api.PodSandbox],
+                       containers: list[api.Container]) -> obs.ObservedPod:
+        statuses: dict[str, api.ContainerStatus] = {}
+        for c in containers:
+            status = await _unless_gone(self.runtime.container_status(c.id))
+            if status is not None:
+                statuses[c.id] = status
+        sandbox_statuses: dict[str, api.PodSandboxStatus] = {}
+        for s in sandboxes:
+            sb_status = await _unless_gone(self.runtime.sandbox_status(s.id))
+            if sb_status is not None:
+                sandbox_statuses[s.id] = sb_status
+        gone = {c.id for c in containers} - statuses.keys()
+        pods = obs.from_cri(sandboxes, [c for c in containers if c.id not in gone], statuses, sandbox_statuses)
+        return pods.get(uid) or obs.ObservedPod(uid=uid, name="", namespace="")
+
+    # -- the loop --------------------------------------------------------------------------------------
+
+    def trigger(self) -> None:
+        """Relist now rather than at the end of the period."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Relist, wait a period (or a trigger), forever; cancel the task to stop."""
+        while True:
+            await self.relist()
+            await self._pause()
+
+    async def _pause(self) -> None:
+        if not self._wake.is_set():
+            sleeper = asyncio.ensure_future(self.clock.sleep(self.period_s))
+            waker = asyncio.ensure_future(self._wake.wait())
+            try:
+                await asyncio.wait((sleeper, waker), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sleeper.cancel()
+                waker.cancel()
+        self._wake.clear()
+
+    async def follow_events(self, stream: AsyncIterable[object]) -> None:
+        """Trigger a relist for each message of a GetContainerEvents stream, until it ends or fails."""
+        try:
+            async for _ in stream:
+                self.trigger()
+        except grpc.RpcError as err:
+            log.info("PLEG: container event stream ended: %s", err)
+
+
+async def _unless_gone(call: Awaitable[T]) -> T | None:
+    """The reply, or None when the object went away between the list and the status call (NOT_FOUND)."""
+    try:
+        return await call
+    except grpc.aio.AioRpcError as err:
+        if err.code() == grpc.StatusCode.NOT_FOUND:
+            return None
+        raise

@@ -1,0 +1,275 @@
+"""The v1 PodStatus the agent reports for a pod, as kubelet's generateAPIPodStatus builds it.
+
+:func:`pod_status` is pure: from the desired pod, what the runtime shows (:mod:`.observed`), the reasons
+recorded for containers that failed to start (kubelet's reason cache: ErrImagePull, CreateContainerError...,
+plus the CrashLoopBackOff entries of :class:`~kubeharness.agent.actions.PodActions`) and the previous status,
+it returns the status as a JSON-ready dict. Rules from ``kubelet_pods.go`` (``convertToAPIContainerStatuses``,
+``getPhase``), ``status/generate.go`` and the status manager:
+
+- Container statuses: every container starts as waiting (ContainerCreating, or PodInitializing when the pod
+  has init containers); its newest instance sets ``state`` and the one before it ``lastState``; a container
+  that should restart and has a recorded reason is shown waiting with that reason (its termination moves
+  to ``lastState``). Without probes (part 2) a running app container is started and ready; an init
+  container is ready once it exited 0. App statuses are sorted by name, init statuses follow the spec.
+- Phase: Pending while init containers are pending or a container waits without a past termination; Failed
+  when an init container failed under restartPolicy Never; Running while any container runs (none
+  unknown); once all stopped, Running under Always (restarting), Succeeded if all exited 0, Failed under
+  Never, Running under OnFailure. A terminal previous phase is kept. Static pods never go terminal merely
+  because the pod worker finished (kubelet's TODO), which is every pod of this agent.
+- Conditions: PodReadyToStartContainers (a usable sandbox exists), Initialized, Ready, ContainersReady,
+  PodScheduled; ``lastTransitionTime`` is kept from the previous status while a condition's status holds.
+- ``startTime`` is kept from the previous status, else now; IPs: the newest ready sandbox's, one per family
+  (the node's family first); a host-network pod gets the host's IPs.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from kubeharness.agent import model
+from kubeharness.agent.actions import PodActions, sandbox_changed, should_restart
+from kubeharness.agent.model import Container, Pod
+from kubeharness.agent.observed import EXITED, RUNNING, UNKNOWN, ObservedContainer, ObservedPod
+from kubeharness.agent.qos import pod_qos
+
+PENDING, RUNNING_PHASE, SUCCEEDED, FAILED = "Pending", "Running", "Succeeded", "Failed"
+CONTAINER_CREATING, POD_INITIALIZING = "ContainerCreating", "PodInitializing"
+STATUS_UNKNOWN = "ContainerStatusUnknown"
+
+Status = dict[str, Any]
+
+
+def rfc3339(ns: int) -> str | None:
+    """A CRI timestamp as the API writes times (UTC, whole seconds); None for an unset (zero) time."""
+    if ns <= 0:
+        return None
+    return datetime.fromtimestamp(ns // 1_000_000_000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _state(c: ObservedContainer, container_id: str, old: Status | None) -> Status:
+    if c.state == RUNNING:
+        return {"running": {"startedAt": rfc3339(c.started_ns)}}
+    if c.state == EXITED:
+        term: Status = {"exitCode": c.exit_code}
+        if c.reason:
+            term["reason"] = c.reason
+        if c.message:
+            term["message"] = c.message
+        term.update(startedAt=rfc3339(c.started_ns), finishedAt=rfc3339(c.finished_ns), containerID=container_id)
+        return {"terminated": term}
+    if c.state == UNKNOWN and old is not None and "running" in old.get("state", {}):
+        return {"terminated": {"exitCode": 137, "reason": STATUS_UNKNOWN,
+                               "message": "The container could not be located when the pod was terminated"}}
+    return {"waiting": {}}  # created, or unknown without a running past
+
+
+def _convert(c: ObservedContainer, runtime_name: str, old: Status | None) -> Status:
+    container_id = f"{runtime_name}://{c.id}"
+    state = _state(c, container_id, old)
+    restarts = c.restart_count
+    if c.state == UNKNOWN and old is not None and "terminated" in state:
+        restarts = old.get("restartCount", 0) + 1
+    return {"name": c.name, "state": state, "lastState": {}, "ready": False, "restartCount": restarts,
+            "image": c.image, "imageID": c.image_ref, "containerID": container_id, "started": False}
+
+
+def _container_statuses(pod: Pod, observed: ObservedPod | None, containers: Sequence[Container],
+                        previous: Sequence[Status], *, is_init: bool, runtime_name: str,
+                        reasons: Mapping[str, tuple[str, str]]) -> list[Status]:
+    old_by_name = {s.get("name"): s for s in previous}
+    default_reason = POD_INITIALIZING if pod.spec.init_containers else CONTAINER_CREATING
+    statuses: dict[str, Status] = {}
+    for c in containers:
+        status: Status = {"name": c.name, "state": {"waiting": {"reason": default_reason}}, "lastState": {},
+                          "ready": False, "restartCount": 0, "image": c.image, "imageID": "", "started": False}
+        old = old_by_name.get(c.name)
+        if old is not None:
+            if "terminated" in old.get("state", {}):
+                status = dict(old)
+            else:
+                status.update(restartCount=old.get("restartCount", 0), lastState=old.get("lastState", {}))
+        statuses[c.name] = status
+    for c in containers:
+        instances = observed.instances(c.name) if observed is not None else ()
+        if instances:
+            statuses[c.name] = _convert(instances[0], runtime_name, old_by_name.get(c.name))
+            if len(instances) > 1:
+                statuses[c.name]["lastState"] = _convert(instances[1], runtime_name, None)["state"]
+    app_created = observed is not None and any(observed.latest(a.name) is not None for a in pod.spec.containers)
+    for c in containers:
+        latest = observed.latest(c.name) if observed is not None else None
+        if is_init:
+            if latest is not None and latest.state == EXITED and latest.exit_code == 0:
+                continue
+            if latest is None and app_created and "waiting" in statuses[c.name]["state"]:
+                statuses[c.name]["state"] = {"terminated": {
+                    "exitCode": 0, "reason": "Completed",
+                    "message": "Unable to get init container status from container runtime and pod has been "
+                               "initialized, treat it as exited normally"}}
+                continue
+        if not should_restart(pod, latest) or c.name not in reasons:
+            continue
+        status = statuses[c.name]
+        if "terminated" in status["state"]:
+            status["lastState"] = status["state"]
+        reason, message = reasons[c.name]
+        status["state"] = {"waiting": {"reason": reason, **({"message": message} if message else {})}}
+    for status in statuses.values():  # the prober's view without probes
+        state = status["state"]
+        status["started"] = "running" in state
+        if is_init:
+            status["ready"] = "terminated" in state and state["terminated"].get("exitCode") == 0
+        else:
+            status["ready"] = "running" in state
+    ordered = [statuses[c.name] for c in containers]
+    return ordered if is_init else sorted(ordered, key=lambda s: str(s["name"]))
+
+
+def _terminated_exit(status: Status, key: str) -> int | None:
+    term = status.get(key, {}).get("terminated")
+    return int(term.get("exitCode", 0)) if term is not None else None
+
+
+def phase(pod: Pod, init_statuses: Sequence[Status], statuses: Sequence[Status]) -> str:
+    """Kubelet's getPhase (no sidecars; static pods, so never terminal by the pod worker's say)."""
+    pending_init = failed_init = 0
+    by_name = {s["name"]: s for s in (*init_statuses, *statuses)}
+    for c in pod.spec.init_containers:
+        s = by_name.get(c.name)
+        state = s["state"] if s else {}
+        if s is None or "running" in state:
+            pending_init += 1
+        elif "terminated" in state:
+            failed_init += 1 if _terminated_exit(s, "state") != 0 else 0
+        elif "waiting" in state and (last := _terminated_exit(s, "lastState")) is not None:
+            failed_init += 1 if last != 0 else 0
+        else:
+            pending_init += 1
+    unknown = running = waiting = stopped = succeeded = 0
+    for c in pod.spec.containers:
+        s = by_name.get(c.name)
+        state = s["state"] if s else {}
+        if s is None:
+            unknown += 1
+        elif "running" in state:
+            running += 1
+        elif "terminated" in state:
+            stopped += 1
+            succeeded += 1 if _terminated_exit(s, "state") == 0 else 0
+        elif "waiting" in state:
+            if _terminated_exit(s, "lastState") is not None:
+                stopped += 1
+            else:
+                waiting += 1
+        else:
+            unknown += 1
+    policy = pod.spec.restart_policy
+    if failed_init and policy == model.NEVER:
+        return FAILED
+    if pending_init or waiting:
+        return PENDING
+    if running and not unknown:
+        return RUNNING_PHASE
+    if not running and stopped and not unknown:
+        if policy == model.ALWAYS:
+            return RUNNING_PHASE
+        if stopped == succeeded:
+            return SUCCEEDED
+        return FAILED if policy == model.NEVER else RUNNING_PHASE
+    return PENDING
+
+
+def _go_list(names: Sequence[str]) -> str:
+    return "[" + " ".join(names) + "]"
+
+
+def _conditions(pod: Pod, observed: ObservedPod | None, init_statuses: Sequence[Status],
+                statuses: Sequence[Status], pod_phase: str) -> list[Status]:
+    ready_to_start = not sandbox_changed(pod, observed)[0]
+    conds: list[Status] = [{"type": "PodReadyToStartContainers", "status": "True" if ready_to_start else "False"}]
+    incomplete = [s["name"] for s in init_statuses if not s["ready"]]
+    app_started = any("running" in s["state"] or "terminated" in s["state"] for s in statuses)
+    if pod_phase == SUCCEEDED:
+        conds.append({"type": "Initialized", "status": "True", "reason": "PodCompleted"})
+    elif app_started or not incomplete:
+        conds.append({"type": "Initialized", "status": "True"})
+    else:
+        conds.append({"type": "Initialized", "status": "False", "reason": "ContainersNotInitialized",
+                      "message": f"containers with incomplete status: {_go_list(incomplete)}"})
+    unready = [c.name for c in pod.spec.containers
+               if not next((s["ready"] for s in statuses if s["name"] == c.name), False)]
+    if pod_phase in (SUCCEEDED, FAILED):
+        containers_ready: Status = {"type": "ContainersReady", "status": "False",
+                                    "reason": "PodCompleted" if pod_phase == SUCCEEDED else "PodFailed"}
+    elif unready:
+        containers_ready = {"type": "ContainersReady", "status": "False", "reason": "ContainersNotReady",
+                            "message": f"containers with unready status: {_go_list(unready)}"}
+    else:
+        containers_ready = {"type": "ContainersReady", "status": "True"}
+    conds.append({**containers_ready, "type": "Ready"})
+    conds.append(containers_ready)
+    conds.append({"type": "PodScheduled", "status": "True"})
+    return conds
+
+
+def _stamp(conditions: list[Status], previous: Sequence[Status], now: str | None) -> list[Status]:
+    old = {c.get("type"): c for c in previous}
+    stamped = []
+    for c in conditions:
+        before = old.get(c["type"])
+        since = before.get("lastTransitionTime") if before and before.get("status") == c["status"] else now
+        ordered: Status = {"type": c["type"], "status": c["status"], "lastProbeTime": None,
+                           "lastTransitionTime": since}
+        ordered.update({k: v for k, v in c.items() if k in ("reason", "message")})
+        stamped.append(ordered)
+    return stamped
+
+
+def sort_pod_ips(ips: Sequence[str], host_ips: Sequence[str] = ()) -> list[str]:
+    """The first IP of the node's family, then the first of the other family (kubelet's sortPodIPs)."""
+    parsed = []
+    for ip in ips:
+        try:
+            parsed.append(ipaddress.ip_address(ip))
+        except ValueError:
+            continue
+    primary = 6 if host_ips and ipaddress.ip_address(host_ips[0]).version == 6 else 4
+    chosen = [next((str(ip) for ip in parsed if ip.version == v), None) for v in (primary, 10 - primary)]
+    return [ip for ip in chosen if ip is not None]
+
+
+def pod_status(pod: Pod, observed: ObservedPod | None, *, now_ns: int, runtime_name: str = "containerd",
+               host_ips: Sequence[str] = (), reasons: Mapping[str, tuple[str, str]] | None = None,
+               actions: PodActions | None = None, previous: Mapping[str, Any] | None = None) -> Status:
+    """The pod's v1 PodStatus. ``reasons``: container name -> (waiting reason, message), kubelet's reason cache."""
+    previous = previous or {}
+    waiting = dict(reasons or {})
+    if actions is not None:
+        waiting.update({b.name: (b.reason, b.message) for b in actions.backing_off})
+    inits = _container_statuses(pod, observed, pod.spec.init_containers, previous.get("initContainerStatuses", []),
+                                is_init=True, runtime_name=runtime_name, reasons=waiting)
+    apps = _container_statuses(pod, observed, pod.spec.containers, previous.get("containerStatuses", []),
+                               is_init=False, runtime_name=runtime_name, reasons=waiting)
+    pod_phase = phase(pod, inits, apps)
+    if pod_phase not in (SUCCEEDED, FAILED) and previous.get("phase") in (SUCCEEDED, FAILED):
+        pod_phase = previous["phase"]
+    now = rfc3339(now_ns)
+    status: Status = {"phase": pod_phase,
+                      "conditions": _stamp(_conditions(pod, observed, inits, apps, pod_phase),
+                                           previous.get("conditions", []), now)}
+    if host_ips:
+        status["hostIP"] = host_ips[0]
+        status["hostIPs"] = [{"ip": ip} for ip in host_ips[:2]]
+    pod_ips = list(host_ips[:2]) if pod.spec.host_network else sort_pod_ips(observed.ips if observed else (), host_ips)
+    if pod_ips:
+        status["podIP"] = pod_ips[0]
+        status["podIPs"] = [{"ip": ip} for ip in pod_ips]
+    status["startTime"] = previous.get("startTime") or now
+    if pod.spec.init_containers:
+        status["initContainerStatuses"] = inits
+    status["containerStatuses"] = apps
+    status["qosClass"] = pod_qos(pod)
+    return status
