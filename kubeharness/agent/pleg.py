@@ -121,6 +121,9 @@ class Pleg:
         self._cache: dict[str, obs.ObservedPod] = {}  # inspected pods (with statuses), per uid
         self._reinspect: set[str] = set()
         self._wake = asyncio.Event()
+        self.started = 0  # relists begun so far
+        self.completed = 0  # the number (in ``started``) of the last relist that succeeded
+        self._relisted = asyncio.Event()
 
     # -- what others read ------------------------------------------------------------------------------
 
@@ -139,9 +142,20 @@ class Pleg:
 
     # -- the step --------------------------------------------------------------------------------------
 
+    async def newer_than(self, mark: int) -> None:
+        """Wait until a relist that began after ``mark`` (a value of :attr:`started`) has succeeded: what a pod
+        worker needs before computing actions again, so it never acts twice on a stale view (kubelet's
+        GetNewerThan). Triggers relists; waits as long as the runtime is away."""
+        while self.completed <= mark:
+            waiter = self._relisted
+            self.trigger()
+            await waiter.wait()
+
     async def relist(self) -> list[PodLifecycleEvent]:
         """One relist; returns the events it produced (also queued). Runtime errors are logged, not raised."""
         start = self.clock.now_ns()
+        self.started += 1
+        number = self.started
         try:
             try:
                 sandboxes = await self.runtime.list_sandboxes()
@@ -150,7 +164,11 @@ class Pleg:
                 log.warning("PLEG: cannot list the runtime's pods: %s", err)
                 return []
             self.last_relist_ns = start
-            return await self._diff(obs.group_by_uid(sandboxes, containers))
+            events = await self._diff(obs.group_by_uid(sandboxes, containers))
+            self.completed = max(self.completed, number)
+            done, self._relisted = self._relisted, asyncio.Event()
+            done.set()
+            return events
         finally:
             if self.on_relist is not None:
                 self.on_relist((self.clock.now_ns() - start) / NS_PER_SECOND)

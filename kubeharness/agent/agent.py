@@ -1,0 +1,291 @@
+"""The agent: pods in from its sources, one worker per pod syncing it through CRI, status out over HTTP.
+
+Four small loops only dispatch (kubelet's syncLoop, split by source of work): source updates change the
+desired set and wake the workers of pods that came or went; PLEG events wake the worker of their pod;
+a tick every ``syncFrequency`` wakes every worker; housekeeping every 2 s removes what belongs to pods
+no longer desired, collects dead containers beyond one per name, and forgets stale backoff entries.
+
+A :class:`PodWorker` serializes its pod's work: it waits until the PLEG has relisted since its last sync
+(so it never acts twice on a stale view), computes the actions (:mod:`.actions`), records the status
+(:mod:`.status`), carries the actions out (:mod:`.kuberuntime`), and, while a container backs off, wakes
+itself when the backoff ends. A runtime that is away (UNAVAILABLE) makes the worker retry with a backoff
+of its own (0.5 s doubling to 10 s); the PLEG goes unhealthy after 3 minutes without a relist, and
+``/healthz`` says so. Nothing is duplicated when the runtime returns: the worker looks again first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+import grpc
+
+from kubeharness.agent.actions import compute_pod_actions
+from kubeharness.agent.backoff import Backoff
+from kubeharness.agent.config import AgentConfig
+from kubeharness.agent.httpserver import Answer, HttpServer
+from kubeharness.agent.kuberuntime import PodRuntime
+from kubeharness.agent.metrics import Registry
+from kubeharness.agent.model import Pod
+from kubeharness.agent.observed import RUNNING
+from kubeharness.agent.pleg import Pleg
+from kubeharness.agent.runtime_client import RuntimeClient
+from kubeharness.agent.sources import FileSource, HttpSource, PodSource, SourceUpdate
+from kubeharness.agent.status import RUNNING_PHASE, pod_status
+from kubeharness.clock import Clock, seconds_to_ns
+
+log = logging.getLogger(__name__)
+
+HOUSEKEEPING_PERIOD_S = 2.0
+DEAD_CONTAINERS_PER_NAME = 1  # kubelet's MaxPerPodContainer
+RETRY_INITIAL_S, RETRY_MAX_S = 0.5, 10.0
+
+
+class PodWorker:
+    """Serializes the work of one pod."""
+
+    def __init__(self, agent: Agent, uid: str) -> None:
+        self.agent = agent
+        self.uid = uid
+        self.mark = -1  # PLEG relists begun before our last action; we wait for a newer one
+        self.wake = asyncio.Event()
+        self.wake.set()
+        self.task = asyncio.ensure_future(self.run())
+
+    def request(self) -> None:
+        self.wake.set()
+
+    def request_in(self, seconds: float) -> None:
+        """Wake after ``seconds`` on the agent's clock (a backoff ending)."""
+        self.agent.clock.call_at(self.agent.clock.now_ns() + seconds_to_ns(seconds), self.wake.set)
+
+    async def run(self) -> None:
+        retry = RETRY_INITIAL_S
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            try:
+                if await self.agent.sync_pod(self):
+                    return
+                retry = RETRY_INITIAL_S
+            except grpc.aio.AioRpcError as err:
+                log.warning("pod %s: runtime call failed (%s: %s); retrying in %.1f s", self.uid,
+                            err.code().name, err.details(), retry)
+                self.request_in(retry)
+                retry = min(retry * 2, RETRY_MAX_S)
+            except Exception:
+                log.exception("pod %s: sync failed", self.uid)
+                self.request_in(retry)
+                retry = min(retry * 2, RETRY_MAX_S)
+
+
+class Agent:
+    """One node agent."""
+
+    def __init__(self, config: AgentConfig, clock: Clock, sources: list[PodSource] | None = None) -> None:
+        self.config = config
+        self.clock = clock
+        self.metrics = Registry()
+        self.client = RuntimeClient(config.container_runtime_endpoint, config.image_service_endpoint or None,
+                                    self.metrics, config.runtime_request_timeout_s)
+        self.pleg = Pleg(self.client, clock, on_relist=self.metrics.pleg_relist.observe)
+        self.backoff = Backoff(config.crash_loop_initial_s, config.crash_loop_max_s, config.crash_loop_reset_s)
+        self.runtime = PodRuntime(self.client, config, clock, self.backoff, self.metrics)
+        self.sources = sources if sources is not None else self._configured_sources()
+        self.updates: asyncio.Queue[SourceUpdate] = asyncio.Queue()
+        self.by_source: dict[str, dict[str, Pod]] = {}
+        self.desired: dict[str, Pod] = {}  # uid -> pod admitted to run
+        self.rejected: dict[str, tuple[Pod, str, str]] = {}  # uid -> (pod, reason, message)
+        self.terminating: dict[str, Pod] = {}  # uid -> pod being killed after it left its source
+        self.statuses: dict[str, dict[str, Any]] = {}
+        self.workers: dict[str, PodWorker] = {}
+        self.seen_ns: dict[str, int] = {}
+        self.runtime_name = ""
+        self._tasks: list[asyncio.Task[None]] = []
+        self.servers: list[HttpServer] = []
+
+    def _configured_sources(self) -> list[PodSource]:
+        found: list[PodSource] = []
+        if self.config.static_pod_path:
+            found.append(FileSource(self.config.static_pod_path, self.config.node_name, self.clock,
+                                    self.config.file_check_frequency_s))
+        if self.config.static_pod_url:
+            found.append(HttpSource(self.config.static_pod_url, self.config.node_name, self.clock,
+                                    self.config.http_check_frequency_s, headers=self.config.static_pod_url_header))
+        return found
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        routes = {"/pods": self._pods_answer, "/healthz": self._healthz_answer, "/metrics": self._metrics_answer}
+        if self.config.read_only_port:
+            self.servers.append(HttpServer(self.config.address, self.config.read_only_port, routes))
+        if self.config.healthz_port:
+            self.servers.append(HttpServer(self.config.healthz_bind_address, self.config.healthz_port,
+                                           {"/healthz": self._healthz_answer}))
+        for server in self.servers:
+            await server.start()
+        loops: list[Coroutine[Any, Any, None]] = [
+            self.pleg.run(), self._config_loop(), self._pleg_loop(), self._sync_loop(), self._housekeeping_loop()]
+        loops.extend(source.run(self.updates) for source in self.sources)
+        self._tasks = [asyncio.ensure_future(loop) for loop in loops]
+
+    async def stop(self) -> None:
+        tasks = [*self._tasks, *(w.task for w in self.workers.values())]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for server in self.servers:
+            await server.stop()
+        await self.client.close()
+
+    # -- the dispatching loops -------------------------------------------------------------------------
+
+    async def _config_loop(self) -> None:
+        while True:
+            self.apply(await self.updates.get())
+
+    async def _pleg_loop(self) -> None:
+        while True:
+            event = await self.pleg.events.get()
+            worker = self.workers.get(event.uid)
+            if worker is not None:
+                worker.request()
+
+    async def _sync_loop(self) -> None:
+        while True:
+            await self.clock.sleep(self.config.sync_frequency_s)
+            for worker in self.workers.values():
+                worker.request()
+
+    async def _housekeeping_loop(self) -> None:
+        while True:
+            await self.clock.sleep(HOUSEKEEPING_PERIOD_S)
+            try:
+                await self.housekeeping()
+            except grpc.aio.AioRpcError as err:
+                log.warning("housekeeping: runtime call failed: %s", err.code().name)
+
+    # -- pods in ---------------------------------------------------------------------------------------
+
+    def apply(self, update: SourceUpdate) -> None:
+        """A source's new set of pods: admit new ones (up to maxPods), let removed ones go."""
+        self.by_source[update.source] = update.pods
+        wanted = {pod.uid: pod for pods in self.by_source.values() for pod in pods.values()}
+        for uid in list(self.desired):
+            if uid not in wanted:
+                self.terminating[uid] = self.desired.pop(uid)
+                self.statuses.pop(uid, None)
+                self._worker(uid).request()
+        for uid in list(self.rejected):
+            if uid not in wanted:
+                del self.rejected[uid]
+        now = self.clock.now_ns()
+        for uid, pod in sorted(wanted.items(), key=lambda item: item[1].full_name):
+            if uid in self.desired or uid in self.rejected:
+                continue
+            if len(self.desired) >= self.config.max_pods:
+                message = (f"Node didn't have enough resource: pods, requested: 1, used: {len(self.desired)}, "
+                           f"capacity: {self.config.max_pods}")
+                self.rejected[uid] = (pod, "OutOfpods", message)
+                log.warning("rejected pod %s: %s", pod.full_name, message)
+                continue
+            self.desired[uid] = pod
+            self.seen_ns.setdefault(uid, now)
+            self._worker(uid).request()
+
+    def _worker(self, uid: str) -> PodWorker:
+        worker = self.workers.get(uid)
+        if worker is None or worker.task.done():
+            worker = self.workers[uid] = PodWorker(self, uid)
+        return worker
+
+    # -- one pod's sync -------------------------------------------------------------------------------
+
+    async def sync_pod(self, worker: PodWorker) -> bool:
+        """One sync of a pod; True when the pod is gone and its worker may end."""
+        uid = worker.uid
+        await self.pleg.newer_than(worker.mark)
+        if not self.runtime_name:
+            self.runtime_name = (await self.client.version()).runtime_name
+        observed = self.pleg.get(uid)
+        pod = self.desired.get(uid)
+        if pod is None:
+            leaving = self.terminating.get(uid)
+            await self.runtime.kill_pod(leaving, observed)
+            worker.mark = self.pleg.started
+            self.terminating.pop(uid, None)
+            self.workers.pop(uid, None)
+            return True
+        now = self.clock.now_ns()
+        actions = compute_pod_actions(pod, observed, self.backoff, now)
+        status = pod_status(pod, observed, now_ns=now, runtime_name=self.runtime_name or "containerd",
+                            reasons=self.runtime.reasons.get(uid), actions=actions, previous=self.statuses.get(uid))
+        self.statuses[uid] = status
+        self._note_started(pod, status, now)
+        await self.runtime.sync(pod, observed, actions)
+        worker.mark = self.pleg.started
+        if actions.backing_off:
+            worker.request_in(min(b.remaining_ns for b in actions.backing_off) / 1e9)
+        elif actions.kill_pod or actions.create_sandbox or actions.containers_to_start or \
+                actions.init_container_to_start is not None or actions.containers_to_kill:
+            worker.request()  # look again once the PLEG has seen what we did
+        return False
+
+    def _note_started(self, pod: Pod, status: dict[str, Any], now_ns: int) -> None:
+        seen = self.seen_ns.get(pod.uid)
+        if seen is None or status.get("phase") != RUNNING_PHASE:
+            return
+        if all("running" in c.get("state", {}) for c in status.get("containerStatuses", [])):
+            self.metrics.pod_start.observe((now_ns - seen) / 1e9)
+            del self.seen_ns[pod.uid]
+
+    # -- housekeeping ----------------------------------------------------------------------------------
+
+    async def housekeeping(self) -> None:
+        """Remove pods nobody wants, dead containers beyond the limit, stale backoff entries; update gauges."""
+        observed = self.pleg.pods()
+        running_pods = 0
+        running: dict[str, int] = {}
+        for uid, pod in observed.items():
+            if any(s.ready for s in pod.sandboxes):
+                running_pods += 1
+            for c in pod.containers:
+                running[c.state] = running.get(c.state, 0) + 1
+            if uid not in self.desired and uid not in self.workers:
+                await self.runtime.kill_pod(None, pod)
+                await self.runtime.remove_pod(pod)
+            elif uid in self.desired:
+                await self.runtime.remove_dead_containers(pod, DEAD_CONTAINERS_PER_NAME)
+        self.metrics.running_pods.set(running_pods)
+        for state in ("created", RUNNING, "exited", "unknown"):
+            self.metrics.running_containers.set(running.get(state, 0), state)
+        self.backoff.gc(self.clock.now_ns())
+
+    # -- status out ------------------------------------------------------------------------------------
+
+    def pod_list(self) -> dict[str, Any]:
+        items = []
+        for uid, pod in sorted(self.desired.items(), key=lambda item: item[1].full_name):
+            items.append({**pod.raw, "status": self.statuses.get(uid, {"phase": "Pending"})})
+        for pod, reason, message in self.rejected.values():
+            items.append({**pod.raw, "status": {"phase": "Failed", "reason": reason, "message": message}})
+        return {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items}
+
+    def _pods_answer(self) -> Answer:
+        return Answer(200, json.dumps(self.pod_list()).encode(), "application/json")
+
+    def _healthz_answer(self) -> Answer:
+        if self.pleg.last_relist_ns is not None and not self.pleg.healthy():
+            return Answer(500, b"[-]pleg failed: PLEG is not healthy: the runtime has not answered a relist "
+                               b"within 3m0s\nhealthz check failed\n")
+        return Answer(200, b"ok")
+
+    def _metrics_answer(self) -> Answer:
+        return Answer(200, self.metrics.render().encode(), "text/plain; version=0.0.4; charset=utf-8")

@@ -1,0 +1,241 @@
+"""Carrying out a pod's actions through CRI: kubelet's kuberuntime ``SyncPod`` and ``KillPod``.
+
+:class:`PodRuntime` turns a :class:`~kubeharness.agent.actions.PodActions` into CRI calls, in kubelet's
+order: kill what must go (the whole pod, or single containers), create the sandbox (with the pod's cgroup
+parent for its QoS class, DNS config, log directory, namespaces, port mappings, kubelet's labels and
+annotations), pull images per policy, then create and start the next init container or the app
+containers. What went wrong for a container (ErrImagePull, ErrImageNeverPull, CreateContainerError,
+RunContainerError) is kept in :attr:`PodRuntime.reasons`, kubelet's reason cache, for the status. A
+runtime that is away makes calls fail with UNAVAILABLE; the error propagates to the pod worker, which
+retries on its next sync.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+import grpc
+
+from kubeharness.agent import labels, qos
+from kubeharness.agent.actions import PodActions, backoff_entry
+from kubeharness.agent.backoff import Backoff
+from kubeharness.agent.config import AgentConfig
+from kubeharness.agent.metrics import Registry
+from kubeharness.agent.model import PULL_ALWAYS, PULL_NEVER, Container, Pod
+from kubeharness.agent.observed import EXITED, RUNNING, ObservedPod
+from kubeharness.agent.runtime_client import RuntimeClient
+from kubeharness.clock import Clock
+from kubeharness.wire.cri import api_pb2 as api
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MEMORY_CAPACITY = 8 * 1024**3  # for oom_score_adj until node capacity is read (part 2)
+CLUSTER_FIRST, CLUSTER_FIRST_HOST_NET = "ClusterFirst", "ClusterFirstWithHostNet"
+DNS_DEFAULT, DNS_NONE = "Default", "None"
+
+
+def dns_config(pod: Pod, config: AgentConfig) -> api.DNSConfig:
+    """The pod's resolver settings as kubelet computes them from dnsPolicy, clusterDNS and clusterDomain."""
+    policy = pod.spec.dns_policy
+    if policy == CLUSTER_FIRST and pod.spec.host_network:
+        policy = DNS_DEFAULT  # kubelet: a host-network pod with ClusterFirst uses the node's resolver
+    if policy == DNS_NONE:
+        custom = pod.raw.get("spec", {}).get("dnsConfig", {}) or {}
+        return api.DNSConfig(servers=list(custom.get("nameservers", [])), searches=list(custom.get("searches", [])),
+                             options=[o.get("name", "") + (f":{o['value']}" if o.get("value") else "")
+                                      for o in custom.get("options", [])])
+    if policy in (CLUSTER_FIRST, CLUSTER_FIRST_HOST_NET) and config.cluster_dns:
+        domain = config.cluster_domain
+        searches = [f"{pod.namespace}.svc.{domain}", f"svc.{domain}", domain] if domain else []
+        return api.DNSConfig(servers=list(config.cluster_dns), searches=searches, options=["ndots:5"])
+    return api.DNSConfig()  # the runtime uses the node's resolv.conf
+
+
+def sandbox_config(pod: Pod, attempt: int, config: AgentConfig) -> api.PodSandboxConfig:
+    spec = pod.spec
+    ns = api.NamespaceOption(network=api.NODE if spec.host_network else api.POD,
+                             pid=api.NODE if spec.host_pid else api.CONTAINER,
+                             ipc=api.NODE if spec.host_ipc else api.POD)
+    security = api.LinuxSandboxSecurityContext(namespace_options=ns,
+                                               supplemental_groups=list(spec.supplemental_groups))
+    if spec.run_as_user is not None:
+        security.run_as_user.value = spec.run_as_user
+    if spec.run_as_group is not None:
+        security.run_as_group.value = spec.run_as_group
+    ports = [api.PortMapping(protocol=p.protocol if p.protocol in ("TCP", "UDP", "SCTP") else "TCP",
+                             container_port=p.container_port, host_port=p.host_port)
+             for c in spec.containers for p in c.ports if p.host_port]
+    hostname = (spec.hostname or pod.name)[:63] if not spec.host_network else ""
+    linux = api.LinuxPodSandboxConfig(
+        cgroup_parent=qos.pod_cgroup_parent(pod, cgroups_per_qos=config.cgroups_per_qos,
+                                            cgroup_root=config.cgroup_root, cgroup_driver=config.cgroup_driver),
+        security_context=security, resources=qos.sandbox_resources(pod))
+    return api.PodSandboxConfig(
+        metadata=api.PodSandboxMetadata(name=pod.name, namespace=pod.namespace, uid=pod.uid, attempt=attempt),
+        hostname=hostname, log_directory=pod_log_dir(pod, config), dns_config=dns_config(pod, config),
+        port_mappings=ports, labels=labels.sandbox_labels(pod), annotations=labels.sandbox_annotations(pod),
+        linux=linux)
+
+
+def pod_log_dir(pod: Pod, config: AgentConfig) -> str:
+    return os.path.join(config.pod_logs_dir, f"{pod.namespace}_{pod.name}_{pod.uid}")
+
+
+def container_config(pod: Pod, container: Container, restart_count: int, image: str) -> api.ContainerConfig:
+    security = api.LinuxContainerSecurityContext(namespace_options=api.NamespaceOption(
+        network=api.NODE if pod.spec.host_network else api.POD,
+        pid=api.NODE if pod.spec.host_pid else api.CONTAINER, ipc=api.NODE if pod.spec.host_ipc else api.POD))
+    if pod.spec.run_as_user is not None:
+        security.run_as_user.value = pod.spec.run_as_user
+    if pod.spec.run_as_group is not None:
+        security.run_as_group.value = pod.spec.run_as_group
+    security.supplemental_groups.extend(pod.spec.supplemental_groups)
+    resources = qos.container_resources(pod, container, memory_capacity=DEFAULT_MEMORY_CAPACITY)
+    return api.ContainerConfig(
+        metadata=api.ContainerMetadata(name=container.name, attempt=restart_count),
+        image=api.ImageSpec(image=image, user_specified_image=container.image),
+        command=list(container.command), args=list(container.args), working_dir=container.working_dir,
+        envs=[api.KeyValue(key=e.name, value=e.value) for e in container.env],
+        labels=labels.container_labels(pod, container),
+        annotations=labels.container_annotations(pod, container, restart_count),
+        log_path=os.path.join(container.name, f"{restart_count}.log"), stdin=container.stdin, tty=container.tty,
+        linux=api.LinuxContainerConfig(resources=resources, security_context=security))
+
+
+@dataclass
+class PodRuntime:
+    """Runs one agent's pods through CRI."""
+
+    client: RuntimeClient
+    config: AgentConfig
+    clock: Clock
+    backoff: Backoff
+    metrics: Registry
+    # pod uid -> container name -> (waiting reason, message): why a container could not be started
+    reasons: dict[str, dict[str, tuple[str, str]]] = field(default_factory=dict)
+
+    async def sync(self, pod: Pod, observed: ObservedPod | None, actions: PodActions) -> None:
+        """Carry out ``actions`` for ``pod``."""
+        if actions.kill_pod:
+            await self.kill_pod(pod, observed, actions.grace_period_s)
+        else:
+            for kill in actions.containers_to_kill:
+                await self._stop_container(kill.container_id, pod.spec.termination_grace_period_seconds)
+        sandbox_id = actions.sandbox_id
+        if actions.create_sandbox:
+            sandbox_id = await self.client.run_sandbox(sandbox_config(pod, actions.attempt, self.config))
+            if actions.attempt > 0:
+                self.metrics.restarted_pods.inc("true")
+            self.metrics.started_pods.inc()
+        if not sandbox_id:
+            return
+        sandbox = sandbox_config(pod, actions.attempt, self.config)
+        starting: list[Container] = []
+        if actions.init_container_to_start is not None:
+            starting.append(pod.spec.init_containers[actions.init_container_to_start])
+        elif not actions.init_failed:
+            starting.extend(pod.spec.containers[i] for i in actions.containers_to_start)
+        fresh = actions.create_sandbox
+        for container in starting:
+            await self._start(pod, None if fresh else observed, sandbox_id, sandbox, container)
+
+    async def _start(self, pod: Pod, observed: ObservedPod | None, sandbox_id: str,
+                     sandbox: api.PodSandboxConfig, container: Container) -> None:
+        reasons = self.reasons.setdefault(pod.uid, {})
+        image = await self._ensure_image(pod, container, sandbox, reasons)
+        if image is None:
+            return
+        previous = observed.latest(container.name) if observed is not None else None
+        restart_count = previous.restart_count + 1 if previous is not None else 0
+        entry = backoff_entry(pod, observed, container)
+        try:
+            container_id = await self.client.create_container(
+                sandbox_id, container_config(pod, container, restart_count, image), sandbox)
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.UNAVAILABLE:
+                raise
+            reasons[container.name] = ("CreateContainerError", err.details() or "")
+            return
+        try:
+            await self.client.start_container(container_id)
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.UNAVAILABLE:
+                raise
+            reasons[container.name] = ("RunContainerError", err.details() or "")
+            return
+        finally:
+            if entry is not None:
+                self.backoff.next(*entry, now_ns=self.clock.now_ns())
+        reasons.pop(container.name, None)
+        kind = labels.TYPE_INIT if container in pod.spec.init_containers else labels.TYPE_APP
+        self.metrics.started_containers.inc(kind)
+
+    async def _ensure_image(self, pod: Pod, container: Container, sandbox: api.PodSandboxConfig,
+                            reasons: dict[str, tuple[str, str]]) -> str | None:
+        """The image to create the container from, pulled per policy; None (and a reason) if it cannot be."""
+        policy = container.image_pull_policy
+        try:
+            present = None if policy == PULL_ALWAYS else await self.client.image_ref(container.image)
+            if present is not None:
+                return container.image
+            if policy == PULL_NEVER:
+                reasons[container.name] = ("ErrImageNeverPull", f'Container image "{container.image}" is not '
+                                           'present with pull policy of Never')
+                return None
+            await self.client.pull_image(container.image, sandbox)
+            return container.image
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.UNAVAILABLE:
+                raise
+            reasons[container.name] = ("ErrImagePull", err.details() or "")
+            return None
+
+    async def _stop_container(self, container_id: str, grace_s: int) -> None:
+        try:
+            await self.client.stop_container(container_id, grace_s)
+        except grpc.aio.AioRpcError as err:
+            if err.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+
+    async def kill_pod(self, pod: Pod | None, observed: ObservedPod | None, grace_s: int | None = None) -> None:
+        """Stop every running container (with the grace period), then every sandbox of the pod."""
+        if observed is None:
+            return
+        grace = grace_s if grace_s is not None else (pod.spec.termination_grace_period_seconds if pod else 30)
+        for c in observed.containers:
+            if c.state == RUNNING:
+                await self._stop_container(c.id, grace)
+        for sandbox in observed.sandboxes:
+            if sandbox.ready:
+                try:
+                    await self.client.stop_sandbox(sandbox.id)
+                except grpc.aio.AioRpcError as err:
+                    if err.code() != grpc.StatusCode.NOT_FOUND:
+                        raise
+
+    async def remove_pod(self, observed: ObservedPod) -> None:
+        """Remove every container and sandbox of a pod that is no longer wanted (housekeeping)."""
+        for sandbox in observed.sandboxes:
+            try:
+                await self.client.remove_sandbox(sandbox.id)
+            except grpc.aio.AioRpcError as err:
+                if err.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+        self.reasons.pop(observed.uid, None)
+        self.backoff.forget_pod(observed.uid)
+
+    async def remove_dead_containers(self, observed: ObservedPod, keep: int) -> None:
+        """Kubelet's container GC: of each container name, keep the newest ``keep`` exited instances."""
+        seen: dict[str, int] = {}
+        for c in observed.containers:  # newest first
+            if c.state != EXITED:
+                continue
+            seen[c.name] = seen.get(c.name, 0) + 1
+            if seen[c.name] > keep:
+                try:
+                    await self.client.remove_container(c.id)
+                except grpc.aio.AioRpcError as err:
+                    if err.code() != grpc.StatusCode.NOT_FOUND:
+                        raise
