@@ -158,6 +158,8 @@ async def test_a_pod_starts_and_is_running_with_an_ip(node: Node) -> None:
         pods[f"web-{NODE}"]["metadata"]["uid"]
     status_code, body = await http_get(node.port, "/metrics")
     assert status_code == 200 and b"kubelet_runtime_operations_total{operation_type=\"run_podsandbox\"} 1" in body
+    # the emulator has an event stream: the agent follows it (one stream, open the whole time)
+    assert b'kubelet_runtime_operations_total{operation_type="get_container_events"} 1' in body
     assert (await http_get(node.port, "/healthz")) == (200, b"ok")
 
 

@@ -126,6 +126,11 @@ class RuntimeClient:
         await self._call("remove_container", self.runtime.RemoveContainer(
             api.RemoveContainerRequest(container_id=container_id), timeout=self.timeout_s))
 
+    def container_events(self) -> grpc.aio.UnaryStreamCall[api.GetEventsRequest, api.ContainerEventResponse]:
+        """The runtime's event stream (GetContainerEvents); UNIMPLEMENTED on runtimes without it."""
+        self.metrics.operations.inc("get_container_events")
+        return self.runtime.GetContainerEvents(api.GetEventsRequest())
+
     # -- images ------------------------------------------------------------------------------------------
 
     async def image_ref(self, image: str) -> str | None:
