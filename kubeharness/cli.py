@@ -4,10 +4,14 @@
                           [--cni-conf-dir DIR] [--cni-bin-dir DIR] [--netns emulated|real]
     kubeharness cri proxy --listen unix://A --upstream unix://B [--faults FILE] [--restart-on-crash]
     kubeharness csi serve --endpoint unix://PATH --state-dir DIR [--registration-dir DIR] [--node-id ID]
+    kubeharness agent --config FILE [--node-name NAME] [--root-dir DIR]
     kubeharness bench cri [--endpoint unix://PATH] [--cycles N] [--concurrency K] [--live-pods N] [--json FILE]
     kubeharness bench proxy [--upstream unix://PATH] [--cycles N]
     kubeharness bench shell [--containers N] [--seconds S]
     kubeharness bench cni [--count N] [--warmup N]
+    kubeharness bench csi [--endpoint unix://PATH] [--volumes N] [--cycles N] [--concurrency K]
+    kubeharness cni serve --socket PATH [--drain-seconds S] [--preload-faults]
+    kubeharness cni install --bin-dir DIR [--socket PATH] [--fallback FILE]
     kubeharness env up|down|status [--run-dir DIR] [--registry-port N] [--cni bridge|kubeharness]
     kubeharness faults list|load PLAN|replace PLAN|clear|fired --control SOCKET
     kubeharness demo [--faults PLAN]
@@ -87,6 +91,12 @@ def _csi_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _agent(args: argparse.Namespace) -> int:
+    from kubeharness.agent.main import main as agent_main
+
+    return agent_main(args)
+
+
 def _bench_cri(args: argparse.Namespace) -> int:
     from kubeharness.bench.cri import main as bench_main
 
@@ -106,10 +116,32 @@ def _bench_shell(args: argparse.Namespace) -> int:
     return shell_main(args)
 
 
+def _bench_csi(args: argparse.Namespace) -> int:
+    from kubeharness.bench.csi import main as csi_main
+
+    return csi_main(args)
+
+
 def _bench_cni(args: argparse.Namespace) -> int:
     from kubeharness.bench.cni import main as cni_main
 
     return cni_main(args)
+
+
+def _cni(args: argparse.Namespace) -> int:
+    if args.action == "serve":  # in a fresh interpreter without gRPC and asyncio: its forks are cheaper
+        import os
+
+        argv = [sys.executable, "-m", "kubeharness.emulators.cni.forkserver", "--socket", args.socket,
+                "--drain-seconds", str(args.drain_seconds)]
+        os.execv(sys.executable, argv + ["--preload-faults"] * args.preload_faults + ["--verbose"] * args.verbose)
+    from kubeharness.emulators.cni.shim import ShimError, install
+
+    try:
+        print(install(Path(args.bin_dir), args.socket, Path(args.fallback) if args.fallback else None))
+    except ShimError as err:
+        raise KubeharnessError(str(err)) from None
+    return 0
 
 
 def _env(args: argparse.Namespace) -> int:
@@ -209,6 +241,29 @@ def build_parser() -> argparse.ArgumentParser:
     _fault_options(csi_serve, "a fault plan (YAML); rules for 'csi' apply", "STATE_DIR/faults.sock", "plugin")
     csi_serve.set_defaults(func=_csi_serve)
 
+    from kubeharness.emulators.cni.shim import DEFAULT_SOCKET as CNI_SOCKET
+
+    cni = sub.add_parser("cni", help="the CNI plugin's fast path").add_subparsers(dest="action", required=True)
+    cni_serve = cni.add_parser("serve", help="the fork server behind the installed kubeharness-cni shim")
+    cni_serve.add_argument("--socket", default=CNI_SOCKET, help=f"unix socket to listen on (default: {CNI_SOCKET})")
+    cni_serve.add_argument("--drain-seconds", type=float, default=5.0,
+                           help="on SIGTERM, how long invocations in flight may still run")
+    cni_serve.add_argument("--preload-faults", action="store_true",
+                           help="import the fault engine up front (faster with fault plans, slower forks)")
+    cni_serve.set_defaults(func=_cni)
+    cni_install = cni.add_parser("install", help="build the C shim and install it as DIR/kubeharness-cni")
+    cni_install.add_argument("--bin-dir", required=True, help="the CNI bin directory")
+    cni_install.add_argument("--socket", default=CNI_SOCKET, help="the fork server's socket, baked into the shim")
+    cni_install.add_argument("--fallback", metavar="FILE",
+                             help="what the shim execs without a server (default: kubeharness-cni beside this Python)")
+    cni_install.set_defaults(func=_cni)
+
+    agent = sub.add_parser("agent", help="the kubelet-like node agent")
+    agent.add_argument("--config", required=True, help="a KubeletConfiguration file (kubelet.config.k8s.io/v1beta1)")
+    agent.add_argument("--node-name", help="this node's name (default: the hostname)")
+    agent.add_argument("--root-dir", help="the agent's directory (default /var/lib/kubelet)")
+    agent.set_defaults(func=_agent)
+
     bench = sub.add_parser("bench", help="benchmarks that print figures").add_subparsers(dest="target", required=True)
     bench_cri = bench.add_parser("cri", help="pod-cycle latency and throughput of a CRI endpoint")
     bench_cri.add_argument("--endpoint", help="CRI endpoint to measure (default: start an emulator)")
@@ -241,6 +296,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench_shell.add_argument("--containers", type=int, default=1000, help="containers running the log loop")
     bench_shell.add_argument("--seconds", type=float, default=60.0, help="virtual seconds to advance the clock")
     bench_shell.set_defaults(func=_bench_shell)
+    bench_csi = bench.add_parser("csi", help="stage/publish/unpublish/unstage latency of a CSI plugin")
+    bench_csi.add_argument("--endpoint", help="CSI endpoint to measure (default: start an emulated plugin)")
+    bench_csi.add_argument("--volumes", type=int, default=16, help="volumes to create (at least --concurrency)")
+    bench_csi.add_argument("--cycles", type=int, default=400, help="stage..unstage cycles per phase")
+    bench_csi.add_argument("--concurrency", type=int, default=16, help="concurrent clients (and volumes) in phase 2")
+    bench_csi.add_argument("--warmup", type=int, default=1, help="untimed cycles per volume before phase 1")
+    bench_csi.add_argument("--kubelet-dir", metavar="DIR",
+                           help="with --endpoint: where to stage and publish (default /var/lib/kubelet)")
+    bench_csi.set_defaults(func=_bench_csi)
     bench_cni = bench.add_parser("cni", help="ADD/DEL latency of kubeharness-cni against the reference host-local")
     bench_cni.add_argument("--count", type=int, default=200, help="ADDs (then DELs) per plugin")
     bench_cni.add_argument("--warmup", type=int, default=5, help="untimed calls per command and plugin first")

@@ -115,3 +115,25 @@ def test_bench_proxy_against_an_emulator_it_starts(capsys: pytest.CaptureFixture
                 assert direct > 0 and proxied > 0 and abs(proxied - direct - added) < 0.002
     assert re.search(r"^target: at most 1 ms added at p50 for every RPC \(calls\): (met|NOT met) \(largest added "
                      r"p50 -?[\d.]+ ms\)$", out, re.MULTILINE)
+
+
+def test_bench_csi_against_a_plugin_it_starts(capsys: pytest.CaptureFixture[str]) -> None:
+    from kubeharness.bench.csi import CYCLE_RPCS as CSI_RPCS
+
+    argv = ["bench", "csi", "--volumes", "3", "--cycles", "6", "--concurrency", "2"]
+    assert build_parser().parse_args(argv).endpoint is None  # no endpoint: the bench spawns a plugin
+    assert cli_main(argv) == 0
+    out = capsys.readouterr().out
+    for phase, clients in (("phase 1: serial", "1 client"), ("phase 2: 2 concurrent volumes", "2 clients")):
+        block = out.split(f"\n{phase}: ", 1)[1].split("\n\n", 1)[0]
+        head = re.match(rf"6 cycles \(0 failed\) with {clients} in [\d.]+ s = [\d.]+ cycles/s, ([\d.]+) calls/s",
+                        block)
+        assert head is not None and float(head.group(1)) > 0, block
+        for rpc in (*CSI_RPCS, "every call"):
+            row = re.search(rf"^  {rpc} +(\d+) +([\d.]+) +([\d.]+) +([\d.]+)$", block, re.MULTILINE)
+            assert row is not None, f"{rpc} row missing in {phase}"
+            count, p50, p99, most = int(row.group(1)), *(float(row.group(i)) for i in (2, 3, 4))
+            assert count == (24 if rpc == "every call" else 6) and 0 < p50 <= p99 <= most
+    assert re.search(r"^target p99 <= 5 ms per call: (met|NOT met) \(worst Node\w+ p99 [\d.]+ ms in phase [12]; ",
+                     out, re.MULTILINE)
+    assert "failed calls" not in out

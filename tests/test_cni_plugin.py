@@ -309,11 +309,15 @@ def test_a_hundred_parallel_adds_get_distinct_addresses_and_dels_free_them(tmp_p
 
 
 @needs_reference
-def test_bench_cni_prints_both_plugins(capsys: pytest.CaptureFixture[str]) -> None:
+def test_bench_cni_prints_every_plugin(capsys: pytest.CaptureFixture[str]) -> None:
     from kubeharness.cli import main
 
     assert main(["bench", "cni", "--count", "2", "--warmup", "0"]) == 0
     out = capsys.readouterr().out
+    rows = {line[:30].rstrip(): line for line in out.splitlines()}
     for command in ("VERSION", "ADD", "DEL"):
-        assert any(line.startswith(command) and line.endswith("x") for line in out.splitlines()), out
-    assert "ADD p50" in out and "floor:" in out
+        assert f"{command:<8} host-local" in rows, out
+        for plugin in ("kubeharness-cni", "kubeharness-cni fast"):  # the Python entry point, the shim's fast path
+            assert rows[f"{command:<8} {plugin}"].endswith("x"), out
+    assert "ADD p50 of kubeharness-cni fast (the C shim + fork server)" in out
+    assert "DEL p50 of kubeharness-cni (the Python entry point)" in out and "floor of a Python plugin:" in out

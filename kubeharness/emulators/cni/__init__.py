@@ -17,4 +17,6 @@ operation: its modules import only what the command at hand needs.
     commands   ADD, DEL, CHECK, STATUS, GC
     kernel     real mode: veth pairs through iproute2
     faults     the fault plan, with the engine's counters kept on disk between invocations
+    forkserver the fast path's daemon: a fork of the warm plugin per invocation (``kubeharness cni serve``)
+    shim       building and installing the C shim (cnishim.c) that talks to it (``kubeharness cni install``)
 """

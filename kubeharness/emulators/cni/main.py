@@ -145,13 +145,22 @@ def run(environ: Mapping[str, str], stdin: bytes, sleep: Sleep = time.sleep) -> 
         return 1, PluginError(INTERNAL, "internal error in kubeharness-cni", repr(err)).document(version)
 
 
-def main() -> int:
-    stdin = b"" if sys.stdin is None else sys.stdin.buffer.read()
-    status, doc = run(os.environ, stdin)
+def respond(environ: Mapping[str, str], stdin: bytes) -> int:
+    """One invocation as a process answers it: the document on stdout, the exit status returned.
+
+    ``main`` calls it, and so does each child of the fork server (``forkserver``), so that the fast path
+    prints exactly what the plugin prints.
+    """
+    status, doc = run(environ, stdin)
     if doc is not None:
         sys.stdout.write(json.dumps(doc, indent=4) + "\n")
         sys.stdout.flush()
     return status
+
+
+def main() -> int:
+    stdin = b"" if sys.stdin is None else sys.stdin.buffer.read()
+    return respond(os.environ, stdin)
 
 
 if __name__ == "__main__":
