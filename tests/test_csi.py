@@ -4,7 +4,9 @@ idempotency, path checks, concurrency, persistence, registration and faults (emu
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
+import shutil
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +85,16 @@ class Csi:
                                             volume_capability=cap or mount_cap())
 
 
+def short_dir(root: Path) -> Path:
+    """Where a test's sockets go: below ``root`` if its paths stay under the unix socket limit, else a short
+    directory in /tmp named after it (pytest's tmp paths under xdist can be long)."""
+    if len(str(root / "registry" / "csi.kubeharness.io-reg.sock")) <= 100:
+        return root
+    path = Path("/tmp") / ("khcsi-" + hashlib.sha256(str(root).encode()).hexdigest()[:12])
+    path.mkdir(exist_ok=True)
+    return path
+
+
 async def start(root: Path, plan: str | None = None, **config: object) -> Csi:
     clock = VirtualClock()
     settings = CsiConfig(node_id="node-1", roots=[str(root / "kubelet")], capacity_bytes=10 * GiB,
@@ -90,10 +102,11 @@ async def start(root: Path, plan: str | None = None, **config: object) -> Csi:
     for key, value in config.items():
         setattr(settings, key, value)
     engine = FaultEngine(load_plan(plan), clock, log_path=root / "fired.jsonl") if plan else None
-    server = CsiServer(f"unix://{root / 'csi.sock'}", root / "state", settings, clock, engine,
-                       root / "faults.sock" if engine else None, registration_dir=root / "registry")
+    sockets = short_dir(root)
+    server = CsiServer(f"unix://{sockets / 'csi.sock'}", root / "state", settings, clock, engine,
+                       sockets / "faults.sock" if engine else None, registration_dir=sockets / "registry")
     await server.start()
-    channel = grpc.aio.insecure_channel(f"unix://{root / 'csi.sock'}")
+    channel = grpc.aio.insecure_channel(f"unix://{sockets / 'csi.sock'}")
     return Csi(root, server, channel, csi_grpc.IdentityStub(channel), csi_grpc.ControllerStub(channel),
                csi_grpc.NodeStub(channel))
 
@@ -101,6 +114,9 @@ async def start(root: Path, plan: str | None = None, **config: object) -> Csi:
 async def stop(c: Csi) -> None:
     await c.channel.close(None)
     await c.server.stop(grace=0)
+    sockets = short_dir(c.root)
+    if sockets != c.root:
+        shutil.rmtree(sockets, ignore_errors=True)
 
 
 @pytest.fixture
@@ -382,12 +398,12 @@ rules:
 
 
 async def test_the_registration_socket_tells_kubelet_about_the_driver(plugin: Csi) -> None:
-    socket = plugin.root / "registry" / "csi.kubeharness.io-reg.sock"
+    socket = short_dir(plugin.root) / "registry" / "csi.kubeharness.io-reg.sock"
     async with grpc.aio.insecure_channel(f"unix://{socket}") as channel:
         stub = reg_grpc.RegistrationStub(channel)
         info = await stub.GetInfo(reg.InfoRequest())
         assert (info.type, info.name, info.endpoint, list(info.supported_versions)) == (
-            "CSIPlugin", "csi.kubeharness.io", str(plugin.root / "csi.sock"), ["1.0.0"])
+            "CSIPlugin", "csi.kubeharness.io", str(short_dir(plugin.root) / "csi.sock"), ["1.0.0"])
         await stub.NotifyRegistrationStatus(reg.RegistrationStatus(plugin_registered=True))
     assert plugin.server.registration.statuses == [(True, "")]
 

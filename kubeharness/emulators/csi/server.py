@@ -25,7 +25,7 @@ from kubeharness.emulators.csi.node import NodeService
 from kubeharness.emulators.csi.paths import PathPolicy
 from kubeharness.emulators.csi.registration import RegistrationService
 from kubeharness.emulators.csi.volumes import VolumeStore
-from kubeharness.errors import FailedPrecondition
+from kubeharness.errors import FailedPrecondition, InvalidArgument
 from kubeharness.faults import FaultEngine, FaultPlan
 from kubeharness.faults.control import ControlServer
 from kubeharness.grpcserve import add_service, clear_stale_socket, wait_for_stop_signal
@@ -33,6 +33,8 @@ from kubeharness.wire.csi import csi_pb2 as csi
 from kubeharness.wire.pluginregistration import api_pb2 as reg
 
 log = logging.getLogger(__name__)
+
+MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
 
 
 def socket_path(endpoint: str) -> str:
@@ -42,6 +44,9 @@ def socket_path(endpoint: str) -> str:
 async def _serve_socket(
     path: str, services: list[tuple[object, object]], around: CsiFaultPoint | None
 ) -> grpc.aio.Server:
+    if len(path.encode()) > MAX_SOCKET_PATH:
+        raise InvalidArgument(f"socket path {path!r} is longer than a unix socket path may be "
+                              f"({MAX_SOCKET_PATH} bytes)")
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     clear_stale_socket(path)
     server = grpc.aio.server()
@@ -91,6 +96,13 @@ class CsiServer:
         return str(self.registration_dir / f"{self.config.driver_name}-reg.sock")
 
     async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop(grace=0)  # nothing half-started stays behind
+            raise
+
+    async def _start(self) -> None:
         self.store.load()
         around = CsiFaultPoint(self.faults, self.clock, self.store.exclusive) if self.faults is not None else None
         services = csi.DESCRIPTOR.services_by_name
