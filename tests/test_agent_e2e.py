@@ -270,6 +270,12 @@ async def test_the_runtime_restarting_midway_duplicates_nothing(tmp_path: Path) 
         for _ in range(20):  # the agent keeps going while the runtime is away
             await n.clock.advance(0.5)
             await asyncio.sleep(0.01)
+        assert (await http_get(n.port, "/healthz"))[0] == 200  # not yet: kubelet allows 3 minutes
+        for _ in range(20):
+            await n.clock.advance(10)
+            await asyncio.sleep(0.01)
+        status, body = await http_get(n.port, "/healthz")  # the node is not ready now
+        assert status == 500 and b"PLEG is not healthy" in body
         n.cri = CriServer(str(tmp_path / "cri.sock"), tmp_path / "state", CriConfig(), n.clock)
         await n.cri.start()
         for _ in range(60):
@@ -277,6 +283,7 @@ async def test_the_runtime_restarting_midway_duplicates_nothing(tmp_path: Path) 
             await asyncio.sleep(0.01)
         pods = await n.until(lambda p: phase(p, "steady") == "Running")
         assert container(pods, "steady")["restartCount"] == 0
+        assert (await http_get(n.port, "/healthz")) == (200, b"ok")
         assert len([s for s in await n.sandboxes() if s.state == api.SANDBOX_READY]) == 1
     finally:
         await stop_node(n)

@@ -423,3 +423,26 @@ def test_bad_settings_are_refused_naming_them(settings: dict[str, object], words
     with pytest.raises(KubeharnessError) as refused:
         config.check()
     assert words in refused.value.message
+
+
+async def test_many_volumes_go_through_their_lifecycle_concurrently(plugin: Csi) -> None:
+    c = plugin
+
+    async def cycle(index: int) -> None:
+        name = f"many-{index}"
+        volume_id = await c.create(name, GiB // 4)
+        await c.attach(volume_id)
+        await c.stage(volume_id, name)
+        request = c.publish_request(volume_id, pod=f"p{index}", name=name)
+        await c.node.NodePublishVolume(request)
+        await c.node.NodeUnpublishVolume(csi.NodeUnpublishVolumeRequest(volume_id=volume_id,
+                                                                        target_path=request.target_path))
+        await c.node.NodeUnstageVolume(csi.NodeUnstageVolumeRequest(volume_id=volume_id,
+                                                                    staging_target_path=c.staging(name)))
+        await c.controller.ControllerUnpublishVolume(csi.ControllerUnpublishVolumeRequest(volume_id=volume_id,
+                                                                                          node_id="node-1"))
+        await c.controller.DeleteVolume(csi.DeleteVolumeRequest(volume_id=volume_id))
+
+    c.server.config.max_volumes_per_node = 0
+    await asyncio.gather(*(cycle(i) for i in range(16)))
+    assert (await c.controller.ListVolumes(csi.ListVolumesRequest())).entries == []
