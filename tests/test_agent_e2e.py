@@ -299,3 +299,14 @@ async def test_pods_beyond_max_pods_are_rejected(tmp_path: Path) -> None:
         assert pods[f"b-{NODE}"]["status"]["reason"] == "OutOfpods"
     finally:
         await stop_node(n)
+
+
+async def test_a_failing_init_container_restarts_or_fails_the_pod_per_policy(node: Node) -> None:
+    node.write("retry", pod("retry", helper("app"), init=[helper("setup", "--exit-after=1s", "--exit-code=1")]))
+    node.write("never", pod("never", helper("app"), restart="Never",
+                            init=[helper("setup", "--exit-after=1s", "--exit-code=1")]))
+    pods = await node.until(lambda p: phase(p, "never") == "Failed"
+                            and container(p, "retry", init=True).get("restartCount", 0) >= 2, step_s=0.5)
+    assert phase(pods, "retry") == "Pending"  # the app container never started
+    assert "waiting" in container(pods, "retry")["state"]
+    assert container(pods, "never", init=True)["state"]["terminated"]["exitCode"] == 1
