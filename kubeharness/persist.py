@@ -13,12 +13,15 @@ keeps the written data), not a power cut of the machine.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from kubeharness.errors import FailedPrecondition
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +97,25 @@ class Journal:
         log.info("compacted %s to %d records", self.path, lines)
 
     def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class StateDirLock:
+    """One process per state directory: an exclusive ``flock`` on ``<dir>/lock``, released on :meth:`release`
+    or when the process dies (so a crashed emulator never blocks its successor)."""
+
+    def __init__(self, state_dir: Path, what: str) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise FailedPrecondition(f"state directory {state_dir} is in use by another {what}") from None
+
+    def release(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

@@ -8,7 +8,6 @@ any asyncio program (tests run it in-process with a virtual clock); :func:`serve
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import resource
@@ -21,10 +20,10 @@ from kubeharness.emulators.cri.config import CriConfig
 from kubeharness.emulators.cri.faultpoint import FaultPoint
 from kubeharness.emulators.cri.runtime import Runtime
 from kubeharness.emulators.cri.service import ImageService, RuntimeService
-from kubeharness.errors import FailedPrecondition
 from kubeharness.faults import FaultEngine
 from kubeharness.faults.control import ControlServer
 from kubeharness.grpcserve import add_service, clear_stale_socket, wait_for_stop_signal
+from kubeharness.persist import StateDirLock
 from kubeharness.wire.cri import api_pb2 as cri
 
 log = logging.getLogger(__name__)
@@ -58,13 +57,7 @@ class CriServer:
         self.state_dir = state_dir
         self.clock = clock or RealClock()
         tick = REAL_CLOCK_TICK_NS if isinstance(self.clock, RealClock) else 0
-        state_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._lock_fd)
-            raise FailedPrecondition(f"state directory {state_dir} is in use by another emulator") from None
+        self._lock = StateDirLock(state_dir, "emulator")
         self.runtime = Runtime(config or CriConfig(), state_dir, self.clock, min_tick_ns=tick)
         self._server: grpc.aio.Server | None = None
 
@@ -99,9 +92,7 @@ class CriServer:
         self.runtime.shutdown()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(socket_path(self.endpoint))
-        if self._lock_fd >= 0:
-            os.close(self._lock_fd)
-            self._lock_fd = -1
+        self._lock.release()
 
     async def __aenter__(self) -> CriServer:
         await self.start()

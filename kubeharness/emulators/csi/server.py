@@ -8,7 +8,6 @@ directory, optionally the registration socket, and the fault engine with its con
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 from pathlib import Path
@@ -25,10 +24,11 @@ from kubeharness.emulators.csi.node import NodeService
 from kubeharness.emulators.csi.paths import PathPolicy
 from kubeharness.emulators.csi.registration import RegistrationService
 from kubeharness.emulators.csi.volumes import VolumeStore
-from kubeharness.errors import FailedPrecondition, InvalidArgument
+from kubeharness.errors import InvalidArgument
 from kubeharness.faults import FaultEngine, FaultPlan
 from kubeharness.faults.control import ControlServer
 from kubeharness.grpcserve import add_service, clear_stale_socket, wait_for_stop_signal
+from kubeharness.persist import StateDirLock
 from kubeharness.wire.csi import csi_pb2 as csi
 from kubeharness.wire.pluginregistration import api_pb2 as reg
 
@@ -72,13 +72,7 @@ class CsiServer:
         self.faults = faults
         self.control = ControlServer(faults, fault_control) if faults is not None and fault_control else None
         self.registration_dir = registration_dir
-        state_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._lock_fd)
-            raise FailedPrecondition(f"state directory {state_dir} is in use by another CSI emulator") from None
+        self._lock = StateDirLock(state_dir, "CSI emulator")
         self.store = VolumeStore(state_dir)
         mounts = RealMounts(state_dir) if self.config.mode == "real" else EmulatedMounts(state_dir)
         self.paths = PathPolicy([*self.config.roots, str(state_dir)])
@@ -131,9 +125,7 @@ class CsiServer:
                 os.unlink(path)
         self._sockets = []
         self.store.close()
-        if self._lock_fd >= 0:
-            os.close(self._lock_fd)
-            self._lock_fd = -1
+        self._lock.release()
 
     async def __aenter__(self) -> CsiServer:
         await self.start()
