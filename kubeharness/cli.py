@@ -128,6 +128,12 @@ def _bench_cni(args: argparse.Namespace) -> int:
     return cni_main(args)
 
 
+def _bench_agent(args: argparse.Namespace) -> int:
+    from kubeharness.bench.agent import main as agent_bench_main
+
+    return agent_bench_main(args)
+
+
 def _cni(args: argparse.Namespace) -> int:
     if args.action == "serve":  # in a fresh interpreter without gRPC and asyncio: its forks are cheaper
         import os
@@ -311,6 +317,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench_cni.add_argument("--plugin", help="the plugin executable (default: kubeharness-cni beside this Python)")
     bench_cni.add_argument("--reference", default="/usr/lib/cni/host-local", help="the reference IPAM plugin")
     bench_cni.set_defaults(func=_bench_cni)
+    bench_agent = bench.add_parser("agent", help="node agent pod startup latency and idle CPU, on a CRI runtime")
+    bench_agent.add_argument("--endpoint", help="CRI endpoint for the agent (default: start an emulator)")
+    bench_agent.add_argument("--compare-endpoint", metavar="ENDPOINT",
+                             help="also run the same phases against this runtime (e.g. containerd) and compare")
+    bench_agent.add_argument("--pods", type=int, default=100, help="pods written at once in phase 1")
+    bench_agent.add_argument("--idle-pods", type=int, default=110, help="pods in total while idle in phase 2")
+    bench_agent.add_argument("--idle-seconds", type=float, default=10.0, help="seconds of idle CPU measured")
+    bench_agent.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each phase")
+    bench_agent.add_argument("--compare-timeout", type=float, default=600.0,
+                             help="seconds to wait for each phase against --compare-endpoint")
+    bench_agent.set_defaults(func=_bench_agent)
 
     faults = sub.add_parser("faults", help="change an emulator's fault rules at run time, read what fired")
     fault_actions = faults.add_subparsers(dest="action", required=True)

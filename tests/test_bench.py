@@ -137,3 +137,56 @@ def test_bench_csi_against_a_plugin_it_starts(capsys: pytest.CaptureFixture[str]
     assert re.search(r"^target p99 <= 5 ms per call: (met|NOT met) \(worst Node\w+ p99 [\d.]+ ms in phase [12]; ",
                      out, re.MULTILINE)
     assert "failed calls" not in out
+
+
+def test_agent_bench_helpers_parse_what_the_agent_serves() -> None:
+    from kubeharness.agent.defaults import rfc3339_nano
+    from kubeharness.bench.agentnode import is_running, parse_histogram, parse_rfc3339_ns, runtime_calls_in_flight
+
+    for ns in (1_714_557_600_123_456_789, 1_714_557_600_000_000_000, 1_714_557_600_500_000_000):
+        assert parse_rfc3339_ns(rfc3339_nano(ns)) == ns
+    running = {"spec": {"containers": [{"name": "a"}]},
+               "status": {"phase": "Running", "containerStatuses": [{"state": {"running": {}}}]}}
+    assert is_running(running)
+    waiting = {"phase": "Running", "containerStatuses": [{"state": {"waiting": {}}}]}
+    assert not is_running({**running, "status": waiting})
+    assert not is_running({**running, "status": {"phase": "Pending"}})
+    text = ('x_bucket{le="0.5"} 3\nx_bucket{le="1"} 4\nx_bucket{le="+Inf"} 5\nx_sum 2.5\nx_count 5\n'
+            'y_count 9\n')
+    hist = parse_histogram(text, "x")
+    assert (hist.count, hist.sum, hist.mean, hist.buckets[0.5], hist.buckets[float("inf")]) == (5, 2.5, 0.5, 3, 5)
+    assert parse_histogram(text, "z").count == 0
+    metrics = ('kubelet_runtime_operations_total{operation_type="run_podsandbox"} 5\n'
+               'kubelet_runtime_operations_total{operation_type="get_container_events"} 1\n'
+               'kubelet_runtime_operations_total{operation_type="start_container"} 3\n'
+               'kubelet_runtime_operations_duration_seconds_count{operation_type="run_podsandbox"} 4\n'
+               'kubelet_runtime_operations_duration_seconds_count{operation_type="start_container"} 3\n')
+    assert runtime_calls_in_flight(metrics) == 1  # one RunPodSandbox under way; the event stream does not count
+
+
+def test_bench_agent_against_an_emulator_it_starts(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["bench", "agent", "--pods", "5", "--idle-pods", "6", "--idle-seconds", "1"]
+    assert build_parser().parse_args(argv).endpoint is None  # no endpoint: the bench spawns an emulator
+    assert cli_main(argv) == 0
+    out = capsys.readouterr().out
+    head = re.search(r"^phase 1: 5 pods written at once: 5/5 Running [\d.]+ s after the writes .*= ([\d.]+) pods/s$",
+                     out, re.MULTILINE)
+    assert head is not None and float(head.group(1)) > 0, out
+    latency = re.search(r"^  startup latency \(config.seen to Running in /pods\): p50 ([\d.]+) ms, p99 ([\d.]+) ms, "
+                        r"max ([\d.]+) ms, mean [\d.]+ ms$", out, re.MULTILINE)
+    assert latency is not None, out
+    p50, p99, most = (float(latency.group(i)) for i in (1, 2, 3))
+    assert 0 < p50 <= p99 <= most
+    assert "bounds the resolution" in out
+    assert re.search(r"^  the agent's own kubelet_pod_start_duration_seconds: 5 pods, mean [\d.]+ ms", out,
+                     re.MULTILINE)
+    assert re.search(r"^phase 2: 1 pods added: 1/1 Running ", out, re.MULTILINE)
+    idle = re.search(r"^phase 2: 6 pods idle \(6 Running after\): agent CPU ([\d.]+) s in ([\d.]+) s = ([\d.]+)% "
+                     r"of one core; the runtime [\d.]+ s = [\d.]+%$", out, re.MULTILINE)
+    assert idle is not None and float(idle.group(2)) >= 1.0, out
+    assert re.search(r"^clean-up: 6 manifests deleted; out of /pods after [\d.]+ s, sandboxes removed by the agent "
+                     r"after [\d.]+ s; 0 swept through CRI, 0 left$", out, re.MULTILINE), out
+    assert re.search(r"^target \(emulator\) startup p99 <= 200 ms: (met|NOT met) \(p99 [\d.]+ ms\)$", out, re.MULTILINE)
+    assert re.search(r"^target \(emulator\) idle agent CPU <= 5% of one core: (met|NOT met) \([\d.]+%\)$", out,
+                     re.MULTILINE)
+    assert "FAILED" not in out

@@ -294,6 +294,26 @@ def test_a_container_on_containerd_sees_a_volume_the_csi_emulator_published(
         assert plugin.wait(timeout=15) == 0
 
 
+def test_bench_agent_runs_pods_on_containerd_and_leaves_none(env: tuple[Path, str],
+                                                            runtime: api_grpc.RuntimeServiceStub) -> None:
+    _, endpoint = env
+    done = kubeharness("bench", "agent", "--endpoint", endpoint, "--pods", "3", "--idle-pods", "3",
+                       "--idle-seconds", "1", "--timeout", "120")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert re.search(r"^== containerd: containerd ", done.stdout, re.MULTILINE), done.stdout
+    assert re.search(r"^phase 1: 3 pods written at once: 3/3 Running ", done.stdout, re.MULTILINE), done.stdout
+    assert re.search(r"^phase 2: 3 pods idle \(3 Running after\): agent CPU [\d.]+ s in [\d.]+ s = [\d.]+% of one "
+                     r"core$", done.stdout, re.MULTILINE), done.stdout
+    assert re.search(r"^target \(containerd\) startup p99 <= 200 ms: (met|NOT met) \(p99 [\d.]+ ms\)$", done.stdout,
+                     re.MULTILINE)
+    assert "FAILED" not in done.stdout
+    left = [s for s in runtime.ListPodSandbox(api.ListPodSandboxRequest(), timeout=30).items
+            if s.metadata.namespace.startswith("khbench-")]
+    assert left == [], left
+    containers = runtime.ListContainers(api.ListContainersRequest(), timeout=30).containers
+    assert not [c for c in containers if c.labels.get("io.kubernetes.pod.namespace", "").startswith("khbench-")]
+
+
 def test_down_leaves_no_shims_mounts_namespaces_or_bridge(env: tuple[Path, str],
                                                           runtime: api_grpc.RuntimeServiceStub) -> None:
     # runs last in this module: take the environment down with a pod still running, then look for leftovers

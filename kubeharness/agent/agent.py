@@ -38,6 +38,7 @@ from kubeharness.agent.runtime_client import RuntimeClient
 from kubeharness.agent.sources import FileSource, HttpSource, PodSource, SourceUpdate
 from kubeharness.agent.status import RUNNING_PHASE, pod_status
 from kubeharness.clock import Clock, seconds_to_ns
+from kubeharness.wire.cri import api_pb2 as api
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,7 @@ class Agent:
         self.workers: dict[str, PodWorker] = {}
         self.seen_ns: dict[str, int] = {}
         self.runtime_name = ""
+        self._version: asyncio.Future[api.VersionResponse] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.servers: list[HttpServer] = []
 
@@ -234,7 +236,7 @@ class Agent:
         uid = worker.uid
         await self.pleg.newer_than(worker.mark)
         if not self.runtime_name:
-            self.runtime_name = (await self.client.version()).runtime_name
+            await self._learn_runtime_name()
         observed = self.pleg.get(uid)
         pod = self.desired.get(uid)
         if pod is None:
@@ -258,6 +260,12 @@ class Agent:
                 actions.init_container_to_start is not None or actions.containers_to_kill:
             worker.request()  # look again once the PLEG has seen what we did
         return False
+
+    async def _learn_runtime_name(self) -> None:
+        """Ask the runtime's name once (for container ids ``<runtime>://<id>``), however many workers need it."""
+        if self._version is None or (self._version.done() and self._version.exception() is not None):
+            self._version = asyncio.ensure_future(self.client.version())
+        self.runtime_name = (await asyncio.shield(self._version)).runtime_name
 
     def _note_started(self, pod: Pod, status: dict[str, Any], now_ns: int) -> None:
         seen = self.seen_ns.get(pod.uid)

@@ -43,6 +43,7 @@ CONTAINER_REMOVED = "ContainerRemoved"
 CONTAINER_CHANGED = "ContainerChanged"
 
 RELIST_PERIOD_S = 1.0
+INSPECT_CONCURRENCY = 16  # pods inspected at once after a relist
 RELIST_THRESHOLD_S = 180.0
 EVENT_QUEUE_SIZE = 1000  # kubelet's plegChannelCapacity
 
@@ -176,19 +177,33 @@ class Pleg:
     async def _diff(self, groups: dict[str, tuple[list[api.PodSandbox], list[api.Container]]],
                     ) -> list[PodLifecycleEvent]:
         listed = {uid: obs.from_cri(sbs, cs)[uid] for uid, (sbs, cs) in groups.items()}
-        reinspect: set[str] = set()
-        emitted: list[PodLifecycleEvent] = []
+        changed: list[tuple[str, list[PodLifecycleEvent]]] = []
         for uid in list(dict.fromkeys([*self._records, *listed])):
             events = generate_events(self._records.get(uid), listed.get(uid))
-            if not events and uid not in self._reinspect:
-                continue
-            if uid in listed:
+            if events or uid in self._reinspect:
+                changed.append((uid, events))
+        # inspect the changed pods concurrently (a burst of 100 new pods is 200 status calls); apply in order
+        limit = asyncio.Semaphore(INSPECT_CONCURRENCY)
+
+        async def inspect(uid: str) -> obs.ObservedPod | BaseException | None:
+            if uid not in listed:
+                return None
+            async with limit:
                 try:
-                    self._cache[uid] = await self._inspect(uid, *groups[uid])
+                    return await self._inspect(uid, *groups[uid])
                 except (grpc.RpcError, TimeoutError) as err:
-                    log.warning("PLEG: cannot inspect pod %s, will retry: %s", uid, err)
-                    reinspect.add(uid)
-                    continue
+                    return err
+
+        inspected = await asyncio.gather(*(inspect(uid) for uid, _ in changed))
+        reinspect: set[str] = set()
+        emitted: list[PodLifecycleEvent] = []
+        for (uid, events), pod in zip(changed, inspected, strict=True):
+            if isinstance(pod, BaseException):
+                log.warning("PLEG: cannot inspect pod %s, will retry: %s", uid, pod)
+                reinspect.add(uid)
+                continue
+            if pod is not None:
+                self._cache[uid] = pod
                 self._records[uid] = listed[uid]
             else:
                 self._cache.pop(uid, None)
@@ -207,16 +222,12 @@ class Pleg:
 
     async def _inspect(self, uid: str, sandboxes: list[api.PodSandbox],
                        containers: list[api.Container]) -> obs.ObservedPod:
-        statuses: dict[str, api.ContainerStatus] = {}
-        for c in containers:
-            status = await _unless_gone(self.runtime.container_status(c.id))
-            if status is not None:
-                statuses[c.id] = status
-        sandbox_statuses: dict[str, api.PodSandboxStatus] = {}
-        for s in sandboxes:
-            sb_status = await _unless_gone(self.runtime.sandbox_status(s.id))
-            if sb_status is not None:
-                sandbox_statuses[s.id] = sb_status
+        container_replies = await asyncio.gather(*(_unless_gone(self.runtime.container_status(c.id))
+                                                   for c in containers))
+        statuses = {c.id: st for c, st in zip(containers, container_replies, strict=True) if st is not None}
+        sandbox_replies = await asyncio.gather(*(_unless_gone(self.runtime.sandbox_status(sb.id))
+                                                 for sb in sandboxes))
+        sandbox_statuses = {sb.id: st for sb, st in zip(sandboxes, sandbox_replies, strict=True) if st is not None}
         gone = {c.id for c in containers} - statuses.keys()
         pods = obs.from_cri(sandboxes, [c for c in containers if c.id not in gone], statuses, sandbox_statuses)
         return pods.get(uid) or obs.ObservedPod(uid=uid, name="", namespace="")
