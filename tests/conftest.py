@@ -8,7 +8,11 @@ Tests talk to it only through real gRPC stubs on the socket, exactly as kubelet 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
+import contextlib
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -170,3 +174,29 @@ async def code_of(call: Awaitable[object]) -> grpc.StatusCode:
     except grpc.aio.AioRpcError as err:
         return err.code()
     return grpc.StatusCode.OK
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def kubeharness(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the ``kubeharness`` command as a user would; its output, never raising on failure."""
+    return subprocess.run([sys.executable, "-m", "kubeharness.cli", *args], capture_output=True, text=True,
+                          timeout=600, check=False)
+
+
+@contextlib.contextmanager
+def containerd_env(run_dir: Path, *up_args: str) -> Iterator[str]:
+    """``kubeharness env up`` in ``run_dir`` (on a free registry port), yielding containerd's endpoint;
+    ``env down`` afterwards, whatever happened."""
+    up = kubeharness("env", "up", "--run-dir", str(run_dir), "--registry-port", str(free_port()), *up_args)
+    try:
+        assert up.returncode == 0, up.stderr
+        yield up.stdout.strip()
+    finally:
+        down = kubeharness("env", "down", "--run-dir", str(run_dir))
+        assert down.returncode == 0, down.stderr

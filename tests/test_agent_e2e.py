@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,15 +21,10 @@ from kubeharness.emulators.cri.config import CriConfig
 from kubeharness.emulators.cri.server import CriServer
 from kubeharness.wire.cri import api_pb2 as api
 from kubeharness.wire.cri import api_pb2_grpc as api_grpc
+from tests.conftest import free_port
 
 IMAGE = "kubeharness.test/khelper:1"
 NODE = "node-1"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def http_get(port: int, path: str) -> tuple[int, bytes]:

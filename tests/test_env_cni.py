@@ -11,8 +11,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,34 +22,18 @@ from kubeharness.env import manage
 from kubeharness.env.layout import EnvPaths, EnvState
 from kubeharness.wire.cri import api_pb2 as api
 from kubeharness.wire.cri import api_pb2_grpc as api_grpc
+from tests.conftest import containerd_env
 
 pytestmark = pytest.mark.xdist_group("containerd")
 
 KHELPER = "kubeharness.test/khelper:1"
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def kubeharness(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kubeharness.cli", *args], capture_output=True, text=True,
-                          timeout=600, check=False)
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
     run_dir = tmp_path_factory.mktemp("env-cni")
-    up = kubeharness("env", "up", "--run-dir", str(run_dir), "--registry-port", str(free_port()),
-                     "--cni", "kubeharness")
-    try:
-        assert up.returncode == 0, up.stderr
-        yield run_dir, up.stdout.strip()
-    finally:
-        down = kubeharness("env", "down", "--run-dir", str(run_dir))
-        assert down.returncode == 0, down.stderr
+    with containerd_env(run_dir, "--cni", "kubeharness") as endpoint:
+        yield run_dir, endpoint
 
 
 def test_a_containerd_pod_gets_its_address_from_kubeharness_cni_and_is_reachable(

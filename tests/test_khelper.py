@@ -30,6 +30,7 @@ from kubeharness.emulators.cri.logs import ContainerLog
 from kubeharness.emulators.cri.model import Container
 from kubeharness.emulators.cri.process import Exit, Process
 from kubeharness.wire.cri import api_pb2 as cri
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 KHELPER_SRC = ROOT / "images" / "khelper" / "khelper.c"
@@ -458,12 +459,6 @@ def test_check_without_a_state_file_answers_as_for_a_fresh_container(khelper: Pa
 
 
 # -- network ----------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def http_get(port: int, path: str = "/", method: str = "GET") -> tuple[int, bytes]:
