@@ -29,15 +29,31 @@ from kubeharness.errors import KubeharnessError
 from kubeharness.memtune import keep_large_buffers
 
 
-def _cri_serve(args: argparse.Namespace) -> int:
+def _supervised(args: argparse.Namespace, name: str) -> int | None:
+    """With --restart-on-crash: run this same command as a child and restart it when it crashes (its exit
+    status); without: None, and the caller serves itself."""
     if args.max_restarts is not None and (args.max_restarts < 0 or not args.restart_on_crash):
         raise KubeharnessError("--max-restarts takes a count of 0 or more, with --restart-on-crash")
-    if args.restart_on_crash:
-        from kubeharness.supervise import run_supervised, supervised_argv
+    if not args.restart_on_crash:
+        return None
+    from kubeharness.supervise import run_supervised, supervised_argv
 
-        child = supervised_argv(args.argv, drop={"--restart-on-crash": 0, "--max-restarts": 1})
-        return run_supervised([sys.executable, "-m", "kubeharness.cli", *child], max_restarts=args.max_restarts,
-                              name="CRI emulator")
+    child = supervised_argv(args.argv, drop={"--restart-on-crash": 0, "--max-restarts": 1})
+    return run_supervised([sys.executable, "-m", "kubeharness.cli", *child], max_restarts=args.max_restarts,
+                          name=name)
+
+
+def _fault_paths(args: argparse.Namespace) -> tuple[Path | None, Path | None, Path | None]:
+    """The plan, fired-fault log and control socket named by the fault options, or None each."""
+    def path(value: str | None) -> Path | None:
+        return Path(value) if value else None
+
+    return path(args.faults), path(args.fault_log), path(args.fault_control)
+
+
+def _cri_serve(args: argparse.Namespace) -> int:
+    if (status := _supervised(args, "CRI emulator")) is not None:
+        return status
     from kubeharness.emulators.cri.config import CriConfig
     from kubeharness.emulators.cri.server import serve
 
@@ -46,34 +62,24 @@ def _cri_serve(args: argparse.Namespace) -> int:
         if getattr(args, key) is not None:
             setattr(config, key, getattr(args, key))
     keep_large_buffers()
-    faults = Path(args.faults) if args.faults else None
-    fault_log = Path(args.fault_log) if args.fault_log else None
-    control = Path(args.fault_control) if args.fault_control else None
+    faults, fault_log, control = _fault_paths(args)
     asyncio.run(serve(args.socket, Path(args.state_dir), config, faults, args.fault_seed, fault_log, control))
     return 0
 
 
 def _cri_proxy(args: argparse.Namespace) -> int:
-    if args.restart_on_crash:
-        from kubeharness.supervise import run_supervised, supervised_argv
-
-        child = supervised_argv(args.argv, drop={"--restart-on-crash": 0})
-        return run_supervised([sys.executable, "-m", "kubeharness.cli", *child], name="CRI proxy")
+    if (status := _supervised(args, "CRI proxy")) is not None:
+        return status
     from kubeharness.proxy.server import serve as proxy_serve
 
-    faults = Path(args.faults) if args.faults else None
-    fault_log = Path(args.fault_log) if args.fault_log else None
-    control = Path(args.fault_control) if args.fault_control else None
+    faults, fault_log, control = _fault_paths(args)
     asyncio.run(proxy_serve(args.listen, args.upstream, faults, args.fault_seed, fault_log, control))
     return 0
 
 
 def _csi_serve(args: argparse.Namespace) -> int:
-    if args.restart_on_crash:
-        from kubeharness.supervise import run_supervised, supervised_argv
-
-        child = supervised_argv(args.argv, drop={"--restart-on-crash": 0})
-        return run_supervised([sys.executable, "-m", "kubeharness.cli", *child], name="CSI emulator")
+    if (status := _supervised(args, "CSI emulator")) is not None:
+        return status
     from kubeharness.emulators.csi.config import CsiConfig
     from kubeharness.emulators.csi.server import serve as csi_serve
 
@@ -83,9 +89,7 @@ def _csi_serve(args: argparse.Namespace) -> int:
             setattr(config, key, getattr(args, key))
     config.check()
     registration = Path(args.registration_dir) if args.registration_dir else None
-    faults = Path(args.faults) if args.faults else None
-    fault_log = Path(args.fault_log) if args.fault_log else None
-    control = Path(args.fault_control) if args.fault_control else None
+    faults, fault_log, control = _fault_paths(args)
     asyncio.run(csi_serve(args.endpoint, Path(args.state_dir), config, registration, faults, args.fault_seed,
                           fault_log, control))
     return 0
@@ -207,6 +211,7 @@ def _fault_options(parser: argparse.ArgumentParser, plan_help: str, control_defa
                         help=f"the fault control socket (default: {control_default}, owner-only)")
     parser.add_argument("--restart-on-crash", action="store_true",
                         help=f"run the {what} as a child process and restart it whenever it crashes")
+    parser.add_argument("--max-restarts", type=int, metavar="N", help="with --restart-on-crash: give up after N")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -224,7 +229,6 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--netns", choices=("emulated", "real"),
                        help="sandbox network namespaces: placeholders, or real ones (root only)")
     _fault_options(serve, "a fault plan (YAML) to apply to every call", "STATE_DIR/faults.sock", "emulator")
-    serve.add_argument("--max-restarts", type=int, metavar="N", help="with --restart-on-crash: give up after N")
     serve.set_defaults(func=_cri_serve)
 
     proxy = cri.add_parser("proxy", help="forward CRI to a real runtime, applying fault plans on the way")
