@@ -252,3 +252,26 @@ async def test_an_exec_that_outlives_its_timeout_is_deadline_exceeded(cri: CriHa
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await cri.drive(call)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def ps_table(out: bytes) -> list[tuple[int, str]]:
+    """(pid, command) rows of busybox ``ps`` output."""
+    rows = []
+    for line in out.decode().splitlines()[1:]:
+        pid, _user, _time, command = line.split(None, 3)
+        rows.append((int(pid), command))
+    return rows
+
+
+async def test_ps_shows_what_sh_c_execs_and_the_pause_process_of_a_shared_namespace(cri: CriHarness) -> None:
+    # own PID namespace: busybox sh -c execs its last simple command, which becomes PID 1
+    _, own, _ = await start_busybox(cri, "echo hi; sleep 3600", name="own")
+    assert ps_table((await exec_sync(cri, own, ["ps"])).stdout) == [(1, "sleep 3600"), (101, "ps")]
+    # a trap keeps the shell (busybox does not exec then): PID 1 stays sh
+    _, trapped, _ = await start_busybox(cri, "trap 'exit 0' TERM; sleep 3600", name="trapped")
+    rows = ps_table((await exec_sync(cri, trapped, ["sh", "-c", "ps"])).stdout)
+    assert rows[0] == (1, "sh -c trap 'exit 0' TERM; sleep 3600") and rows[-1][1] == "ps"
+    # the pod's PID namespace: the pause process is PID 1 and the shell (now sleep) is another
+    _, shared, _ = await start_busybox(cri, "echo hi; sleep 3600", name="shared", pid_namespace=api.POD)
+    rows = ps_table((await exec_sync(cri, shared, ["ps"])).stdout)
+    assert rows[0] == (1, "/pause") and [c for _, c in rows[1:]] == ["sleep 3600", "ps"]

@@ -230,7 +230,33 @@ class Runtime:
 
         sb = self.sandboxes.get(c.sandbox_id)
         image = self.images.resolve(c.image_id)
-        return rootfs.machine(c, sb, image, self.filesystem(c), pid, self.clock.now_ns, stdout, stderr, missing)
+        m = rootfs.machine(c, sb, image, self.filesystem(c), pid, self.clock.now_ns, stdout, stderr, missing)
+        m.others = lambda: self.visible_processes(c, pid)
+        return m
+
+    def visible_processes(self, c: Container, pid: int) -> list[tuple[int, str]]:
+        """The processes a command with ``pid`` in ``c`` sees besides its own, as (pid, command line): in the
+        pod's shared PID namespace the pause process as PID 1 and the main processes of the pod's other
+        containers that share it; in the container's own, its main process (for an exec)."""
+        def main_of(other: Container) -> tuple[int, str] | None:
+            machine = getattr(self.processes.get(other.id), "machine", None)
+            if machine is None or machine.pid == pid:
+                return None
+            return machine.pid, machine.cmdline or "sh"
+
+        mode = c.config.linux.security_context.namespace_options.pid
+        if mode == cri.CONTAINER:
+            own = main_of(c)
+            return [own] if own is not None else []
+        if mode != cri.POD:
+            return []
+        seen = [(1, "/pause")]
+        for other in self.containers_of(c.sandbox_id):
+            if other.config.linux.security_context.namespace_options.pid == cri.POD:
+                found = main_of(other)
+                if found is not None:
+                    seen.append(found)
+        return seen
 
     def next_exec_pid(self, c: Container) -> int:
         self._exec_pids[c.id] = pid = self._exec_pids.get(c.id, 100) + 1

@@ -84,6 +84,7 @@ class ScriptedProcess(Process):
         super().__init__(container, behaviour, clock, log_file, on_exit, on_progress, min_tick_ns)
         self._argv = argv
         self._make_machine = machine
+        self.machine: Machine | None = None  # the main process's machine once started (ps reads its cmdline)
         self._stdout = LineWriter("stdout", log_file, clock.now_ns)
         self._stderr = LineWriter("stderr", log_file, clock.now_ns)
         self._program: Program | None = None
@@ -94,7 +95,8 @@ class ScriptedProcess(Process):
 
     def start(self) -> None:
         self._log.open()
-        self._program = start(self._argv, self._make_machine(self._stdout.write, self._stderr.write))
+        self.machine = self._make_machine(self._stdout.write, self._stderr.write)
+        self._program = start(self._argv, self.machine)
         self._resume(None)
         self.wake()
 

@@ -622,10 +622,12 @@ def kill(sh: Shell, argv: list[str]) -> int:
 def ps(sh: Shell, argv: list[str]) -> int:
     users = _names(sh, "/etc/passwd")
     user = users.get(sh.m.uid, str(sh.m.uid))
-    lines = ["PID   USER     TIME  COMMAND"]
+    seen = list(sh.m.others())  # the namespace's other processes: pause, the pod's containers, the main one
     for proc in sh.sched.procs:
         if not proc.done:
-            lines.append(f"{proc.pid:5d} {user:<8} 0:00 {proc.sh.arg0}")
+            seen.append((proc.pid, sh.m.cmdline if proc.pid == sh.m.pid and sh.m.cmdline else proc.sh.arg0))
+    lines = ["PID   USER     TIME  COMMAND"]
+    lines.extend(f"{pid:5d} {user:<8} 0:00 {command}" for pid, command in sorted(seen))
     sh.out(enc("\n".join(lines) + "\n"))
     return 0
 

@@ -111,6 +111,11 @@ class Machine:
     stderr: Callable[[bytes], None]
     stdin: bytes = b""
     missing: Callable[[str], None] = field(default=_ignore)  # called whenever something is not supported
+    # What ``ps`` shows for this machine's main process, kept current by the shell (``exec`` changes it).
+    cmdline: str = ""
+    # The other processes of this PID namespace, (pid, command line): the pause process and the pod's
+    # other containers when it is shared, the container's main process for an exec.
+    others: Callable[[], list[tuple[int, str]]] = field(default=lambda: [])
 
 
 class ExitShell(Exception):
@@ -155,6 +160,7 @@ class Shell:
         self.readonly: set[str] = set()
         self.args: list[str] = []
         self.arg0 = "sh"
+        self.exec_last: Simple | None = None  # with sh -c: the command to run as an exec of this process
         self.status = 0
         self.sub_status: int | None = None
         self.last_bg: int | None = None
@@ -215,6 +221,7 @@ class Shell:
         child.status = self.status
         child.last_bg = self.last_bg
         child.proc = self.proc
+        child.exec_last = None
         return child
 
     def new_process(self) -> Shell:
@@ -491,6 +498,9 @@ class Shell:
                     if gen is not None:
                         status = yield from gen(self, argv)
                     else:
+                        if node is self.exec_last and not any(self.traps.values()):
+                            # busybox sh -c execs its last simple command: the process becomes it
+                            self.show_as(argv)
                         status = yield from self.run_external(argv)
         finally:
             if saved_fds is not None:
@@ -809,8 +819,15 @@ class Shell:
             return ("denied", path)
         return ("script", normalize(path, self.cwd))
 
+    def show_as(self, argv: list[str]) -> None:
+        """This process now runs ``argv`` (an exec): what ``ps`` shows for it."""
+        if self.proc is not None and self.proc.pid == self.m.pid:
+            self.m.cmdline = " ".join(argv)
+
     def run_external(self, argv: list[str], as_image: bool = False) -> Job:
         """Run a program found on PATH (or by path); ``as_image``: it replaces this shell (``exec``)."""
+        if as_image:
+            self.show_as(argv)
         name = argv[0]
         target = self.lookup(name)
         if target is None:
@@ -896,7 +913,9 @@ class Shell:
                 self.arg0 = argv[i]
                 i += 1
             self.args = argv[i:]
-            return (yield from self.run_text(command))
+            script = parse(command)
+            self.exec_last = _last_simple(script)
+            return (yield from self.run_script(script))
         if i < len(argv) and not read_stdin:
             path = argv[i]
             self.arg0 = path
@@ -936,6 +955,14 @@ _RUNNERS: dict[type, Callable[[Shell, Any], Job]] = {
 }
 
 APPLET_NAMES: tuple[str, ...] = tuple(sorted({*applets_mod.APPLETS, *SHELL_NAMES}))
+
+
+def _last_simple(script: Script) -> Simple | None:
+    """The command ``sh -c`` would exec in place of itself: the script's last, foreground, simple command."""
+    if script.error or not script.body.items:
+        return None
+    node, background = script.body.items[-1]
+    return node if type(node) is Simple and not background else None
 
 
 def start(argv: list[str], machine: Machine) -> Program:
