@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from kubeharness.cli import main as cli_main
-from kubeharness.emulators.cni import forkserver, shim
+from kubeharness.emulators.cni import forkproto, shim
 from tests.test_cni_faults import faulty
 from tests.test_cni_plugin import PLUGIN, REFERENCE, Answer, addresses, invoke, netconf, state
 
@@ -207,30 +207,30 @@ def test_a_shim_installed_over_its_fallback_is_refused(tmp_path: Path) -> None:
 
 
 def test_request_encoding() -> None:
-    request = forkserver.Request(0o22, "/tmp", {"CNI_COMMAND": "ADD", "EMPTY": "", "EQ": "a=b"}, b'{"x": 1}')
-    data = forkserver.encode_request(request)
-    assert forkserver.parse_request(data) == request
-    assert all(forkserver.parse_request(data[:cut]) is None for cut in range(len(data)))
+    request = forkproto.Request(0o22, "/tmp", {"CNI_COMMAND": "ADD", "EMPTY": "", "EQ": "a=b"}, b'{"x": 1}')
+    data = forkproto.encode_request(request)
+    assert forkproto.parse_request(data) == request
+    assert all(forkproto.parse_request(data[:cut]) is None for cut in range(len(data)))
     with pytest.raises(ValueError, match="after the request"):
-        forkserver.parse_request(data + b"x")
-    bad_env = forkserver.encode_request(forkserver.Request(0, "/", {}, b"")).replace(
+        forkproto.parse_request(data + b"x")
+    bad_env = forkproto.encode_request(forkproto.Request(0, "/", {}, b"")).replace(
         b"\0\0\0\0\0\0\0\0", b"\0\0\0\x04ABC\0\0\0\0\0", 1)
     with pytest.raises(ValueError, match="not KEY=VALUE"):
-        forkserver.parse_request(bad_env)
+        forkproto.parse_request(bad_env)
     with pytest.raises(ValueError, match="over the limit"):
-        forkserver.parse_request(b"\0\0\0\0\xff\xff\xff\xff")
+        forkproto.parse_request(b"\0\0\0\0\xff\xff\xff\xff")
 
 
 def test_a_malformed_request_gets_a_cni_error(fast: tuple[str, Server]) -> None:
     with socket.socket(socket.AF_UNIX) as conn:
         conn.connect(str(fast[1].path))
-        assert conn.recv(5 + len(forkserver.PROTOCOL)) == forkserver.frame(forkserver.HELLO, forkserver.PROTOCOL)
+        assert conn.recv(5 + len(forkproto.PROTOCOL)) == forkproto.frame(forkproto.HELLO, forkproto.PROTOCOL)
         conn.sendall(b"\0\0\0\0\0\0\0\0\0\0\0\x01A\0\0\0\0")  # environ without its NUL
         data = b""
         while chunk := conn.recv(65536):
             data += chunk
-    assert data[:1] == forkserver.STDOUT
+    assert data[:1] == forkproto.STDOUT
     size = int.from_bytes(data[1:5], "big")
     doc = json.loads(data[5:5 + size])
     assert doc["code"] == 104 and "NUL" in doc["details"]
-    assert data[5 + size:] == forkserver.frame(forkserver.EXITED, (1).to_bytes(4, "big"))
+    assert data[5 + size:] == forkproto.frame(forkproto.EXITED, (1).to_bytes(4, "big"))

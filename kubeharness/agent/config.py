@@ -6,7 +6,8 @@ and a real kubelet. Fields the agent uses become typed attributes with units in 
 seconds, CPU in millicores, memory in bytes). Fields kubelet knows but the agent does not implement are
 listed in ``ignored``; fields kubelet does not know either are logged and listed in ``warnings`` (kubelet
 too decodes leniently and warns). A value of the wrong type or out of range raises :class:`ConfigError`
-naming the field. Node name and root directory are flags in kubelet, so they come from the CLI.
+naming the field (the parsers of single fields are in :mod:`.configfields`). Node name and root
+directory are flags in kubelet, so they come from the CLI.
 
 Choices where kubelet leaves room or hard-codes things, all kubelet's own behaviour unless said otherwise:
 
@@ -27,7 +28,6 @@ Choices where kubelet leaves room or hard-codes things, all kubelet's own behavi
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import socket
 from collections.abc import Callable, Mapping
@@ -37,7 +37,8 @@ from typing import Any
 
 import yaml
 
-from kubeharness.agent.quantity import parse_duration_ns, parse_quantity, parse_resource
+from kubeharness.agent import configfields as fields
+from kubeharness.agent.quantity import parse_quantity, parse_resource
 from kubeharness.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
@@ -51,31 +52,6 @@ EVICTION_SIGNALS = frozenset({
 })
 DEFAULT_EVICTION_HARD = {"memory.available": "100Mi", "nodefs.available": "10%", "imagefs.available": "15%",
                          "nodefs.inodesFree": "5%"}
-RESERVABLE = frozenset({"cpu", "memory", "ephemeral-storage", "pid"})  # plus hugepages-<size>
-
-# Every other top-level field of v1beta1 KubeletConfiguration: accepted, not implemented by the agent.
-KUBELET_FIELDS_NOT_IMPLEMENTED = frozenset({
-    "enableServer", "port", "tlsCertFile", "tlsPrivateKeyFile", "tlsCipherSuites", "tlsCurvePreferences",
-    "tlsMinVersion", "rotateCertificates", "serverTLSBootstrap", "authentication", "authorization",
-    "registryPullQPS", "registryBurst", "imagePullCredentialsVerificationPolicy",
-    "preloadedImagesVerificationAllowlist", "eventRecordQPS", "eventBurst", "enableDebuggingHandlers",
-    "enableContentionProfiling", "oomScoreAdj", "streamingConnectionIdleTimeout", "nodeStatusReportFrequency",
-    "nodeLeaseDurationSeconds", "imageMaximumGCAge", "volumeStatsAggPeriod", "kubeletCgroups", "systemCgroups",
-    "cpuManagerPolicy", "singleProcessOOMKill", "cpuManagerPolicyOptions", "cpuManagerReconcilePeriod",
-    "draManagerReconcilePeriod", "memoryManagerPolicy", "topologyManagerPolicy", "topologyManagerScope",
-    "topologyManagerPolicyOptions", "qosReserved", "hairpinMode", "resolvConf", "runOnce", "cpuCFSQuota",
-    "cpuCFSQuotaPeriod", "nodeStatusMaxImages", "maxOpenFiles", "contentType", "kubeAPIQPS", "kubeAPIBurst",
-    "evictionSoft", "evictionSoftGracePeriod", "evictionMaxPodGracePeriod", "evictionMinimumReclaim", "podsPerCore",
-    "enableControllerAttachDetach", "protectKernelDefaults", "makeIPTablesUtilChains", "iptablesMasqueradeBit",
-    "iptablesDropBit", "failSwapOn", "memorySwap", "containerLogMaxWorkers",
-    "configMapAndSecretChangeDetectionStrategy", "reservedSystemCPUs", "showHiddenMetricsForVersion",
-    "systemReservedCgroup", "kubeReservedCgroup", "enforceNodeAllocatable", "allowedUnsafeSysctls",
-    "volumePluginDir", "providerID", "kernelMemcgNotification", "logging", "enableSystemLogHandler",
-    "enableSystemLogQuery", "shutdownGracePeriod", "shutdownGracePeriodCriticalPods",
-    "shutdownGracePeriodByPodPriority", "reservedMemory", "enableProfilingHandler", "enableDebugFlagsHandler",
-    "seccompDefault", "memoryThrottlingFactor", "memoryReservationPolicy", "registerWithTaints", "registerNode",
-    "tracing", "localStorageCapacityIsolation", "failCgroupV1", "userNamespaces"
-})
 
 _GATE_REDUCED_DECAY = "ReduceDefaultCrashLoopBackOffDecay"
 
@@ -214,8 +190,11 @@ class AgentConfig:
                 if parsed is not None:
                     kwargs[attr] = parsed
             elif key == "crashLoopBackOff":
-                kwargs.update(_crash_loop_field(value, warnings))
-            elif key in KUBELET_FIELDS_NOT_IMPLEMENTED:
+                try:
+                    kwargs.update(fields.crash_loop_field(value, warnings))
+                except InvalidArgument as exc:
+                    raise ConfigError(exc.message) from None
+            elif key in fields.KUBELET_FIELDS_NOT_IMPLEMENTED:
                 ignored.append(key)
             else:
                 warnings.append(f"unknown field {key!r}")
@@ -228,94 +207,12 @@ class AgentConfig:
         return cls(source_path=source_path, warnings=tuple(warnings), ignored=tuple(ignored), **kwargs)
 
 
-# ---- field parsers: each takes (value, field name) and returns the attribute value, or None for "default"
-
-
-def _str(value: object, name: str) -> str:
-    if not isinstance(value, str):
-        raise InvalidArgument(f"{name}: must be a string, got {value!r}")
-    return value
-
-
-def _bool(value: object, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise InvalidArgument(f"{name}: must be true or false, got {value!r}")
-    return value
-
-
-def _int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidArgument(f"{name}: must be an integer, got {value!r}")
-    return value
-
-
-def _int_range(low: int, high: int) -> Callable[[object, str], int]:
-    def parse(value: object, name: str) -> int:
-        number = _int(value, name)
-        if not low <= number <= high:
-            raise InvalidArgument(f"{name}: must be between {low} and {high}, got {number}")
-        return number
-
-    return parse
-
-
-def _duration(value: object, name: str) -> float | None:
-    ns = parse_duration_ns(value, name)
-    if ns < 0:
-        raise InvalidArgument(f"{name}: must not be negative, got {value!r}")
-    return ns / 1e9 if ns else None  # kubelet: a zero duration means the default
-
-
-def _enum(*allowed: str) -> Callable[[object, str], str]:
-    def parse(value: object, name: str) -> str:
-        if value not in allowed:
-            raise InvalidArgument(f"{name}: must be one of {', '.join(allowed)}, got {value!r}")
-        return str(value)
-
-    return parse
-
-
-def _ip(value: object, name: str) -> str:
-    try:
-        return str(ipaddress.ip_address(_str(value, name)))
-    except ValueError:
-        raise InvalidArgument(f"{name}: {value!r} is not an IP address") from None
-
-
-def _ip_list(value: object, name: str) -> tuple[str, ...]:
-    if not isinstance(value, list):
-        raise InvalidArgument(f"{name}: must be a list of IP addresses, got {value!r}")
-    return tuple(_ip(item, f"{name}[{i}]") for i, item in enumerate(value))
-
-
-def _cidr(value: object, name: str) -> str:
-    text = _str(value, name)
-    if not text:
-        return text
-    try:
-        return str(ipaddress.ip_network(text, strict=False))
-    except ValueError:
-        raise InvalidArgument(f"{name}: {value!r} is not a CIDR such as 10.244.0.0/24") from None
-
-
-def _mapping(value: object, name: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise InvalidArgument(f"{name}: must be a map, got {value!r}")
-    return {str(k): v for k, v in value.items()}
-
-
-def _reserved(value: object, name: str) -> dict[str, int]:
-    result = {}
-    for resource, amount in _mapping(value, name).items():
-        if resource not in RESERVABLE and not resource.startswith("hugepages-"):
-            raise InvalidArgument(f"{name}.{resource}: unsupported resource (use cpu, memory, ephemeral-storage, pid)")
-        result[resource] = parse_resource(resource, amount, f"{name}.{resource}")
-    return result
+# ---- the fields: eviction thresholds here, the others in ``configfields``
 
 
 def _thresholds(value: object, name: str) -> dict[str, EvictionThreshold]:
     result = {}
-    for signal, raw in _mapping(value, name).items():
+    for signal, raw in fields.mapping(value, name).items():
         where = f"{name}.{signal}"
         if signal not in EVICTION_SIGNALS:
             known = ", ".join(sorted(EVICTION_SIGNALS))
@@ -343,97 +240,46 @@ def default_eviction_hard() -> dict[str, EvictionThreshold]:
     return _thresholds(DEFAULT_EVICTION_HARD, "evictionHard")
 
 
-def _headers(value: object, name: str) -> dict[str, tuple[str, ...]]:
-    result = {}
-    for header, values in _mapping(value, name).items():
-        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-            raise InvalidArgument(f"{name}.{header}: must be a list of strings")
-        result[header] = tuple(values)
-    return result
-
-
-def _gates(value: object, name: str) -> dict[str, bool]:
-    return {gate: _bool(on, f"{name}.{gate}") for gate, on in _mapping(value, name).items()}
-
-
-def _size(value: object, name: str) -> int:
-    return parse_resource("memory", value, name)
-
-
-def _count_or_default(value: object, name: str) -> int | None:
-    number = _int(value, name)
-    if number < 0:
-        raise InvalidArgument(f"{name}: must not be negative, got {number}")
-    return number or None  # kubelet: 0 means the default
-
-
-def _pids(value: object, name: str) -> int:
-    number = _int(value, name)
-    return -1 if number < 0 else number  # kubelet: negative means no pod-level limit (-1)
-
-
-_PORT = _int_range(0, 65535)
-_PERCENT = _int_range(0, 100)
-
-# KubeletConfiguration field -> (AgentConfig attribute, parser)
+# KubeletConfiguration field -> (AgentConfig attribute, parser); crashLoopBackOff is a section of its own
 _FIELDS: dict[str, tuple[str, Callable[[object, str], Any]]] = {
-    "containerRuntimeEndpoint": ("container_runtime_endpoint", _str),
-    "imageServiceEndpoint": ("image_service_endpoint", _str),
-    "runtimeRequestTimeout": ("runtime_request_timeout_s", _duration),
-    "staticPodPath": ("static_pod_path", _str),
-    "fileCheckFrequency": ("file_check_frequency_s", _duration),
-    "staticPodURL": ("static_pod_url", _str),
-    "staticPodURLHeader": ("static_pod_url_header", _headers),
-    "httpCheckFrequency": ("http_check_frequency_s", _duration),
-    "syncFrequency": ("sync_frequency_s", _duration),
-    "cgroupDriver": ("cgroup_driver", _enum("cgroupfs", "systemd")),
-    "cgroupsPerQOS": ("cgroups_per_qos", _bool),
-    "cgroupRoot": ("cgroup_root", _str),
-    "maxPods": ("max_pods", _count_or_default),
-    "podPidsLimit": ("pod_pids_limit", _pids),
-    "systemReserved": ("system_reserved", _reserved),
-    "kubeReserved": ("kube_reserved", _reserved),
+    "containerRuntimeEndpoint": ("container_runtime_endpoint", fields.string),
+    "imageServiceEndpoint": ("image_service_endpoint", fields.string),
+    "runtimeRequestTimeout": ("runtime_request_timeout_s", fields.duration),
+    "staticPodPath": ("static_pod_path", fields.string),
+    "fileCheckFrequency": ("file_check_frequency_s", fields.duration),
+    "staticPodURL": ("static_pod_url", fields.string),
+    "staticPodURLHeader": ("static_pod_url_header", fields.headers),
+    "httpCheckFrequency": ("http_check_frequency_s", fields.duration),
+    "syncFrequency": ("sync_frequency_s", fields.duration),
+    "cgroupDriver": ("cgroup_driver", fields.enum("cgroupfs", "systemd")),
+    "cgroupsPerQOS": ("cgroups_per_qos", fields.boolean),
+    "cgroupRoot": ("cgroup_root", fields.string),
+    "maxPods": ("max_pods", fields.count_or_default),
+    "podPidsLimit": ("pod_pids_limit", fields.pids),
+    "systemReserved": ("system_reserved", fields.reserved),
+    "kubeReserved": ("kube_reserved", fields.reserved),
     "evictionHard": ("eviction_hard", _thresholds),
-    "mergeDefaultEvictionSettings": ("merge_default_eviction_settings", _bool),
-    "evictionPressureTransitionPeriod": ("eviction_pressure_transition_period_s", _duration),
-    "address": ("address", _ip),
-    "readOnlyPort": ("read_only_port", _PORT),
-    "healthzPort": ("healthz_port", _PORT),
-    "healthzBindAddress": ("healthz_bind_address", _ip),
-    "podLogsDir": ("pod_logs_dir", _str),
-    "containerLogMaxSize": ("container_log_max_size_bytes", _size),
-    "containerLogMaxFiles": ("container_log_max_files", _int_range(2, 2**31 - 1)),
-    "containerLogMonitorInterval": ("container_log_monitor_interval_s", _duration),
-    "serializeImagePulls": ("serialize_image_pulls", _bool),
-    "maxParallelImagePulls": ("max_parallel_image_pulls", _int_range(1, 2**31 - 1)),
-    "imageMinimumGCAge": ("image_minimum_gc_age_s", _duration),
-    "imageGCHighThresholdPercent": ("image_gc_high_threshold_percent", _PERCENT),
-    "imageGCLowThresholdPercent": ("image_gc_low_threshold_percent", _PERCENT),
-    "clusterDNS": ("cluster_dns", _ip_list),
-    "clusterDomain": ("cluster_domain", _str),
-    "podCIDR": ("pod_cidr", _cidr),
-    "nodeStatusUpdateFrequency": ("node_status_update_frequency_s", _duration),
-    "featureGates": ("feature_gates", _gates),
+    "mergeDefaultEvictionSettings": ("merge_default_eviction_settings", fields.boolean),
+    "evictionPressureTransitionPeriod": ("eviction_pressure_transition_period_s", fields.duration),
+    "address": ("address", fields.ip),
+    "readOnlyPort": ("read_only_port", fields.PORT),
+    "healthzPort": ("healthz_port", fields.PORT),
+    "healthzBindAddress": ("healthz_bind_address", fields.ip),
+    "podLogsDir": ("pod_logs_dir", fields.string),
+    "containerLogMaxSize": ("container_log_max_size_bytes", fields.size),
+    "containerLogMaxFiles": ("container_log_max_files", fields.int_range(2, 2**31 - 1)),
+    "containerLogMonitorInterval": ("container_log_monitor_interval_s", fields.duration),
+    "serializeImagePulls": ("serialize_image_pulls", fields.boolean),
+    "maxParallelImagePulls": ("max_parallel_image_pulls", fields.int_range(1, 2**31 - 1)),
+    "imageMinimumGCAge": ("image_minimum_gc_age_s", fields.duration),
+    "imageGCHighThresholdPercent": ("image_gc_high_threshold_percent", fields.PERCENT),
+    "imageGCLowThresholdPercent": ("image_gc_low_threshold_percent", fields.PERCENT),
+    "clusterDNS": ("cluster_dns", fields.ip_list),
+    "clusterDomain": ("cluster_domain", fields.string),
+    "podCIDR": ("pod_cidr", fields.cidr),
+    "nodeStatusUpdateFrequency": ("node_status_update_frequency_s", fields.duration),
+    "featureGates": ("feature_gates", fields.gates),
 }
-
-
-def _crash_loop_field(value: object, warnings: list[str]) -> dict[str, float]:
-    """``crashLoopBackOff`` -> the cap of the restart delay, if set."""
-    try:
-        section = _mapping(value, "crashLoopBackOff")
-        result = {}
-        for key, item in section.items():
-            if key != "maxContainerRestartPeriod":
-                warnings.append(f"unknown field 'crashLoopBackOff.{key}'")
-                continue
-            where = "crashLoopBackOff.maxContainerRestartPeriod"
-            seconds = parse_duration_ns(item, where) / 1e9
-            if not 1 <= seconds <= 300:
-                raise InvalidArgument(f"{where}: must be between 1s and 300s, got {item!r}")
-            result["crash_loop_max_s"] = seconds
-        return result
-    except InvalidArgument as exc:
-        raise ConfigError(exc.message) from None
 
 
 def _apply_dependent_defaults(kwargs: dict[str, Any]) -> None:

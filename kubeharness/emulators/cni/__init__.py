@@ -18,5 +18,6 @@ operation: its modules import only what the command at hand needs.
     kernel     real mode: veth pairs through iproute2
     faults     the fault plan, with the engine's counters kept on disk between invocations
     forkserver the fast path's daemon: a fork of the warm plugin per invocation (``kubeharness cni serve``)
+    forkproto  the wire protocol between the C shim and the fork server
     shim       building and installing the C shim (cnishim.c) that talks to it (``kubeharness cni install``)
 """

@@ -14,20 +14,11 @@ working directory, umask, environment and stdin. The server refuses (frame ``r``
 not its own, and the shim then runs the plugin itself, so a root runtime never gets a plugin that runs
 as another user. The socket is created 0600.
 
-Protocol, on a unix stream socket; integers are unsigned 32-bit big-endian; a *frame* is one kind byte,
-a length and that many payload bytes:
-
-    server -> client   frame h "kubeharness-cni/1"      (or frame r REASON, then close: run the plugin yourself)
-    client -> server   u32 umask, then three blobs (u32 length + bytes): cwd, environ ("K=V" entries,
-                       each ended by NUL), stdin
-    server -> client   frames o (stdout bytes) and e (stderr bytes), any number, in the order written
-    server -> client   frame x (u32 exit code) or frame k (u32 signal number), then close
-
-The client sends nothing after its request and never half-closes: end of stream from it means the
-runtime killed it, and the child's process group gets SIGKILL. A malformed request is answered like a
-plugin error (a CNI error document with code ``INTERNAL`` on stdout, exit 1). SIGTERM or SIGINT stops
-accepting (the socket is removed, so new shims run the plugin themselves), lets the invocations in
-flight finish for up to ``drain_seconds`` and then kills what is left.
+The wire protocol (a hello, the request, output frames, the exit frame) is in ``forkproto``, which
+describes it. End of stream from a client means the runtime killed it: the child's process group gets
+SIGKILL. A malformed request is answered like a plugin error. SIGTERM or SIGINT stops accepting (the
+socket is removed, so new shims run the plugin themselves), lets the invocations in flight finish for
+up to ``drain_seconds`` and then kills what is left.
 """
 
 from __future__ import annotations
@@ -50,67 +41,25 @@ from dataclasses import dataclass, field
 
 from kubeharness.emulators.cni import commands, faults, kernel, result, store  # noqa: F401  (warm: imported once)
 from kubeharness.emulators.cni.errors import INTERNAL, PluginError
+from kubeharness.emulators.cni.forkproto import (
+    EXITED,
+    HELLO,
+    KILLED,
+    PROTOCOL,
+    REFUSED,
+    STDERR,
+    STDOUT,
+    U32,
+    Request,
+    frame,
+    parse_request,
+)
 from kubeharness.emulators.cni.main import respond
 from kubeharness.emulators.cni.netconf import LATEST_VERSION
 
 log = logging.getLogger("kubeharness.emulators.cni.forkserver")  # also when run with -m
 
-PROTOCOL = b"kubeharness-cni/1"
-HELLO, REFUSED, STDOUT, STDERR, EXITED, KILLED = b"h", b"r", b"o", b"e", b"x", b"k"
-MAX_CWD, MAX_ENVIRON, MAX_STDIN = 4096, 1 << 20, 16 << 20
-_U32 = struct.Struct(">I")
 _PR_SET_PDEATHSIG = 1
-
-
-def frame(kind: bytes, payload: bytes = b"") -> bytes:
-    return kind + _U32.pack(len(payload)) + payload
-
-
-@dataclass
-class Request:
-    """One invocation as the shim sent it."""
-
-    umask: int
-    cwd: str
-    environ: dict[str, str]
-    stdin: bytes
-
-
-def encode_request(request: Request) -> bytes:
-    """The request's bytes on the wire (what the C shim sends; for Python clients and tests)."""
-    env = b"".join(os.fsencode(f"{k}={v}") + b"\0" for k, v in request.environ.items())
-    out = bytearray(_U32.pack(request.umask))
-    for blob in (os.fsencode(request.cwd), env, request.stdin):
-        out += _U32.pack(len(blob)) + blob
-    return bytes(out)
-
-
-def parse_request(data: bytes | bytearray) -> Request | None:
-    """The request in ``data``, or None while it is incomplete; raises ValueError when it is malformed."""
-    if len(data) < 4:
-        return None
-    umask, offset, blobs = _U32.unpack_from(data)[0], 4, []
-    for limit, what in ((MAX_CWD, "cwd"), (MAX_ENVIRON, "environ"), (MAX_STDIN, "stdin")):
-        if len(data) < offset + 4:
-            return None
-        size = _U32.unpack_from(data, offset)[0]
-        if size > limit:
-            raise ValueError(f"{what} of {size} bytes is over the limit of {limit}")
-        if len(data) < offset + 4 + size:
-            return None
-        blobs.append(bytes(data[offset + 4:offset + 4 + size]))
-        offset += 4 + size
-    if offset != len(data):
-        raise ValueError(f"{len(data) - offset} bytes after the request")
-    environ = {}
-    for entry in blobs[1].split(b"\0")[:-1]:
-        key, sep, value = entry.partition(b"=")
-        if not sep or not key:
-            raise ValueError(f"environment entry {entry[:40]!r} is not KEY=VALUE")
-        environ[os.fsdecode(key)] = os.fsdecode(value)
-    if blobs[1] and not blobs[1].endswith(b"\0"):
-        raise ValueError("the environment does not end with NUL")
-    return Request(umask & 0o777, os.fsdecode(blobs[0]), environ, blobs[2])
 
 
 @dataclass(eq=False)  # identity: jobs go in sets
@@ -261,7 +210,7 @@ class ForkServer:
         except ValueError as err:
             doc = PluginError(INTERNAL, "malformed request to the kubeharness-cni fork server", str(err))
             self._send(job, frame(STDOUT, (json.dumps(doc.document(LATEST_VERSION), indent=4) + "\n").encode()))
-            self._send(job, frame(EXITED, _U32.pack(1)))
+            self._send(job, frame(EXITED, U32.pack(1)))
             self._drop_conn(job)
             return
         if request is not None:
@@ -349,9 +298,9 @@ class ForkServer:
             if job is None or (job.conn is None and not job.pipes):
                 continue  # unknown, or finished already when it reported its status
             if os.WIFSIGNALED(status):
-                self._finish(job, frame(KILLED, _U32.pack(os.WTERMSIG(status))))
+                self._finish(job, frame(KILLED, U32.pack(os.WTERMSIG(status))))
             else:
-                self._finish(job, frame(EXITED, _U32.pack(os.waitstatus_to_exitcode(status))))
+                self._finish(job, frame(EXITED, U32.pack(os.waitstatus_to_exitcode(status))))
 
     def _kill(self, pid: int) -> None:
         """SIGKILL the child's process group (it and whatever it started); it is reaped as usual."""
@@ -396,7 +345,7 @@ class ForkServer:
             with contextlib.suppress(BaseException):
                 sys.stdout.flush()
                 sys.stderr.flush()
-                os.write(status_w, _U32.pack(status))  # the shim need not wait for the teardown
+                os.write(status_w, U32.pack(status))  # the shim need not wait for the teardown
             os._exit(status)
 
     def _close_inherited(self, own: _Job) -> None:
