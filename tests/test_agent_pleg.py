@@ -330,3 +330,25 @@ async def test_relist_duration_uses_the_clock() -> None:
     await clock.advance(0.25)
     await relist
     assert durations == [0.25] and pleg.last_relist_ns == clock.now_ns() - NS_PER_SECOND // 4
+
+
+async def test_a_relist_with_nothing_changed_inspects_nothing() -> None:
+    clock, runtime = VirtualClock(), FakeRuntime()
+    inspected: list[str] = []
+    original = runtime.container_status
+
+    async def counting(container_id: str) -> api.ContainerStatus:
+        inspected.append(container_id)
+        return await original(container_id)
+
+    runtime.container_status = counting  # type: ignore[method-assign]
+    pleg = Pleg(runtime, clock)
+    runtime.sandboxes["sb1"] = cri_sandbox("sb1")
+    runtime.containers["c1"] = cri_container("c1")
+    await pleg.relist()
+    assert inspected == ["c1"]
+    await pleg.relist()
+    assert inspected == ["c1"] and drain(pleg.events) == [(CONTAINER_STARTED, "c1"), (CONTAINER_STARTED, "sb1")]
+    runtime.exit("c1", 1)
+    await pleg.relist()
+    assert inspected == ["c1", "c1"] and drain(pleg.events) == [(CONTAINER_DIED, "c1")]

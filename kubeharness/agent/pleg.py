@@ -121,6 +121,7 @@ class Pleg:
         self._records: dict[str, obs.ObservedPod] = {}  # last relist's listed view, per uid
         self._cache: dict[str, obs.ObservedPod] = {}  # inspected pods (with statuses), per uid
         self._reinspect: set[str] = set()
+        self._signatures: dict[str, tuple[tuple[tuple[str, int], ...], tuple[tuple[str, int], ...]]] = {}
         self._wake = asyncio.Event()
         self.started = 0  # relists begun so far
         self.completed = 0  # the number (in ``started``) of the last relist that succeeded
@@ -176,9 +177,16 @@ class Pleg:
 
     async def _diff(self, groups: dict[str, tuple[list[api.PodSandbox], list[api.Container]]],
                     ) -> list[PodLifecycleEvent]:
-        listed = {uid: obs.from_cri(sbs, cs)[uid] for uid, (sbs, cs) in groups.items()}
+        # Only pods whose listed objects or states changed are looked at closely: with 100 idle pods a relist
+        # is two list calls and a comparison of (id, state) pairs, not 100 pods rebuilt.
+        signatures = {uid: (tuple((sb.id, int(sb.state)) for sb in sbs), tuple((c.id, int(c.state)) for c in cs))
+                      for uid, (sbs, cs) in groups.items()}
+        candidates = [uid for uid in dict.fromkeys([*self._records, *groups])
+                      if uid in self._reinspect or self._signatures.get(uid) != signatures.get(uid)]
+        self._signatures = signatures
+        listed = {uid: obs.from_cri(*groups[uid])[uid] for uid in candidates if uid in groups}
         changed: list[tuple[str, list[PodLifecycleEvent]]] = []
-        for uid in list(dict.fromkeys([*self._records, *listed])):
+        for uid in candidates:
             events = generate_events(self._records.get(uid), listed.get(uid))
             if events or uid in self._reinspect:
                 changed.append((uid, events))
