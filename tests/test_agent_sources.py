@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -269,27 +269,32 @@ async def test_http_duplicates_in_a_list(http_server: TinyServer, clock: Virtual
     assert "duplicate pod 'web-node-a_default'" in source.errors[http_server.url]
 
 
-async def test_http_run_polls_every_period(clock: VirtualClock) -> None:
-    bodies = [json.dumps(manifest("web")).encode()]
-    calls: list[str] = []
-
-    async def fetch(url: str, headers: Mapping[str, tuple[str, ...]]) -> tuple[int, bytes]:
-        calls.append(url)
-        return 200, bodies[-1]
-
-    source = HttpSource("http://pods.example/", NODE, clock, period_s=20, fetch=fetch)
+async def test_http_run_polls_every_period(http_server: TinyServer, clock: VirtualClock) -> None:
+    http_server.reply.body = json.dumps(manifest("web")).encode()
+    source = HttpSource(http_server.url, NODE, clock, period_s=20)
     updates: asyncio.Queue[SourceUpdate] = asyncio.Queue()
     task = asyncio.create_task(source.run(updates))
+
+    async def fetched(count: int) -> None:
+        for _ in range(200):  # the fetch itself runs in real time, on a worker thread
+            if len(http_server.requests) >= count:
+                await asyncio.sleep(0.02)
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"expected {count} requests, got {len(http_server.requests)}")
+
     try:
-        await clock.advance(0)
-        assert names(updates.get_nowait()) == ["web-node-a_default"]
-        bodies.append(json.dumps(manifest("db")).encode())
+        assert names(await asyncio.wait_for(updates.get(), 5)) == ["web-node-a_default"]
+        http_server.reply.body = json.dumps(manifest("db")).encode()
         await clock.advance(19)
-        assert updates.empty() and len(calls) == 1
+        await asyncio.sleep(0.1)
+        assert updates.empty() and len(http_server.requests) == 1
         await clock.advance(1)
-        assert names(updates.get_nowait()) == ["db-node-a_default"]
-        await clock.advance(40)
-        assert updates.empty() and len(calls) == 4
+        assert names(await asyncio.wait_for(updates.get(), 5)) == ["db-node-a_default"]
+        for count in (3, 4):
+            await clock.advance(20)
+            await fetched(count)
+        assert updates.empty() and len(http_server.requests) == 4  # unchanged answers send nothing
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
