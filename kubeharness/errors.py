@@ -78,9 +78,13 @@ class Unimplemented(KubeharnessError):
     code = grpc.StatusCode.UNIMPLEMENTED
 
 
-class InjectedFault(KubeharnessError):
-    """A status a fault plan told an emulator to answer with; its code is the plan's."""
+class WithCode(KubeharnessError):
+    """An error whose status code is given, not implied by its class."""
 
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class InjectedFault(WithCode):
+    """A status a fault plan told an emulator to answer with; its code is the plan's."""

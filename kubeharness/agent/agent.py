@@ -174,16 +174,16 @@ class Agent:
         delay = RETRY_INITIAL_S
         while True:
             call = self.client.container_events()
+            started = self.clock.now_ns()
             try:
-                async for _ in call:
-                    self.pleg.trigger()
-                    delay = RETRY_INITIAL_S
-            except grpc.aio.AioRpcError as err:
-                if err.code() == grpc.StatusCode.UNIMPLEMENTED:
-                    log.info("the runtime has no container event stream; relisting every second only")
-                    return
+                ended = await self.pleg.follow_events(call)
             finally:
                 call.cancel()
+            if ended == grpc.StatusCode.UNIMPLEMENTED:
+                log.info("the runtime has no container event stream; relisting every second only")
+                return
+            if self.clock.now_ns() - started > seconds_to_ns(RETRY_MAX_S):
+                delay = RETRY_INITIAL_S  # it ran a while: reconnect soon
             await self.clock.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_S)
 

@@ -25,7 +25,7 @@ from kubeharness.agent.config import AgentConfig
 from kubeharness.agent.metrics import Registry
 from kubeharness.agent.model import PULL_ALWAYS, PULL_NEVER, Container, Pod
 from kubeharness.agent.observed import EXITED, RUNNING, ObservedPod
-from kubeharness.agent.runtime_client import RuntimeClient
+from kubeharness.agent.runtime_client import RuntimeClient, unless_gone
 from kubeharness.clock import Clock
 from kubeharness.wire.cri import api_pb2 as api
 
@@ -121,17 +121,18 @@ class PodRuntime:
         if actions.kill_pod:
             await self.kill_pod(pod, observed, actions.grace_period_s)
         else:
+            grace = pod.spec.termination_grace_period_seconds
             for kill in actions.containers_to_kill:
-                await self._stop_container(kill.container_id, pod.spec.termination_grace_period_seconds)
+                await unless_gone(self.client.stop_container(kill.container_id, grace))
         sandbox_id = actions.sandbox_id
+        sandbox = sandbox_config(pod, actions.attempt, self.config)
         if actions.create_sandbox:
-            sandbox_id = await self.client.run_sandbox(sandbox_config(pod, actions.attempt, self.config))
+            sandbox_id = await self.client.run_sandbox(sandbox)
             if actions.attempt > 0:
                 self.metrics.restarted_pods.inc("true")
             self.metrics.started_pods.inc()
         if not sandbox_id:
             return
-        sandbox = sandbox_config(pod, actions.attempt, self.config)
         starting: list[Container] = []
         if actions.init_container_to_start is not None:
             starting.append(pod.spec.init_containers[actions.init_container_to_start])
@@ -192,13 +193,6 @@ class PodRuntime:
             reasons[container.name] = ("ErrImagePull", err.details() or "")
             return None
 
-    async def _stop_container(self, container_id: str, grace_s: int) -> None:
-        try:
-            await self.client.stop_container(container_id, grace_s)
-        except grpc.aio.AioRpcError as err:
-            if err.code() != grpc.StatusCode.NOT_FOUND:
-                raise
-
     async def kill_pod(self, pod: Pod | None, observed: ObservedPod | None, grace_s: int | None = None) -> None:
         """Stop every running container (with the grace period), then every sandbox of the pod."""
         if observed is None:
@@ -206,23 +200,15 @@ class PodRuntime:
         grace = grace_s if grace_s is not None else (pod.spec.termination_grace_period_seconds if pod else 30)
         for c in observed.containers:
             if c.state == RUNNING:
-                await self._stop_container(c.id, grace)
+                await unless_gone(self.client.stop_container(c.id, grace))
         for sandbox in observed.sandboxes:
             if sandbox.ready:
-                try:
-                    await self.client.stop_sandbox(sandbox.id)
-                except grpc.aio.AioRpcError as err:
-                    if err.code() != grpc.StatusCode.NOT_FOUND:
-                        raise
+                await unless_gone(self.client.stop_sandbox(sandbox.id))
 
     async def remove_pod(self, observed: ObservedPod) -> None:
         """Remove every container and sandbox of a pod that is no longer wanted (housekeeping)."""
         for sandbox in observed.sandboxes:
-            try:
-                await self.client.remove_sandbox(sandbox.id)
-            except grpc.aio.AioRpcError as err:
-                if err.code() != grpc.StatusCode.NOT_FOUND:
-                    raise
+            await unless_gone(self.client.remove_sandbox(sandbox.id))
         self.reasons.pop(observed.uid, None)
         self.backoff.forget_pod(observed.uid)
 
@@ -234,8 +220,4 @@ class PodRuntime:
                 continue
             seen[c.name] = seen.get(c.name, 0) + 1
             if seen[c.name] > keep:
-                try:
-                    await self.client.remove_container(c.id)
-                except grpc.aio.AioRpcError as err:
-                    if err.code() != grpc.StatusCode.NOT_FOUND:
-                        raise
+                await unless_gone(self.client.remove_container(c.id))

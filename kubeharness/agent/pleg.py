@@ -24,18 +24,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterable, Awaitable, Callable
+from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 import grpc
 
 from kubeharness.agent import observed as obs
+from kubeharness.agent.runtime_client import unless_gone
 from kubeharness.clock import NS_PER_SECOND, Clock, seconds_to_ns
 from kubeharness.wire.cri import api_pb2 as api
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 CONTAINER_STARTED = "ContainerStarted"
 CONTAINER_DIED = "ContainerDied"
@@ -230,10 +230,10 @@ class Pleg:
 
     async def _inspect(self, uid: str, sandboxes: list[api.PodSandbox],
                        containers: list[api.Container]) -> obs.ObservedPod:
-        container_replies = await asyncio.gather(*(_unless_gone(self.runtime.container_status(c.id))
+        container_replies = await asyncio.gather(*(unless_gone(self.runtime.container_status(c.id))
                                                    for c in containers))
         statuses = {c.id: st for c, st in zip(containers, container_replies, strict=True) if st is not None}
-        sandbox_replies = await asyncio.gather(*(_unless_gone(self.runtime.sandbox_status(sb.id))
+        sandbox_replies = await asyncio.gather(*(unless_gone(self.runtime.sandbox_status(sb.id))
                                                  for sb in sandboxes))
         sandbox_statuses = {sb.id: st for sb, st in zip(sandboxes, sandbox_replies, strict=True) if st is not None}
         gone = {c.id for c in containers} - statuses.keys()
@@ -263,20 +263,14 @@ class Pleg:
                 waker.cancel()
         self._wake.clear()
 
-    async def follow_events(self, stream: AsyncIterable[object]) -> None:
-        """Trigger a relist for each message of a GetContainerEvents stream, until it ends or fails."""
+    async def follow_events(self, stream: AsyncIterable[object]) -> grpc.StatusCode | None:
+        """Trigger a relist for each message of a GetContainerEvents stream, until it ends (None) or fails
+        (its status code: UNIMPLEMENTED for a runtime without the stream)."""
         try:
             async for _ in stream:
                 self.trigger()
-        except grpc.RpcError as err:
-            log.info("PLEG: container event stream ended: %s", err)
+        except grpc.aio.AioRpcError as err:
+            log.info("PLEG: container event stream ended: %s", err.code().name)
+            return err.code()
+        return None
 
-
-async def _unless_gone(call: Awaitable[T]) -> T | None:
-    """The reply, or None when the object went away between the list and the status call (NOT_FOUND)."""
-    try:
-        return await call
-    except grpc.aio.AioRpcError as err:
-        if err.code() == grpc.StatusCode.NOT_FOUND:
-            return None
-        raise

@@ -29,6 +29,16 @@ CHANNEL_OPTIONS = [
 ]
 
 
+async def unless_gone(call: Awaitable[T]) -> T | None:
+    """The reply, or None when the object is gone (NOT_FOUND): removed meanwhile, or already removed."""
+    try:
+        return await call
+    except grpc.aio.AioRpcError as err:
+        if err.code() == grpc.StatusCode.NOT_FOUND:
+            return None
+        raise
+
+
 def _target(endpoint: str) -> str:
     return endpoint if "://" in endpoint else f"unix://{endpoint}"
 
@@ -46,7 +56,6 @@ class RuntimeClient:
             _target(image_endpoint or endpoint), options=CHANNEL_OPTIONS)
         self.runtime = api_grpc.RuntimeServiceStub(self._channel)
         self.images = api_grpc.ImageServiceStub(self._image_channel)
-        self.runtime_name = ""
 
     async def close(self) -> None:
         await self._channel.close(None)
@@ -67,9 +76,7 @@ class RuntimeClient:
     # -- runtime -----------------------------------------------------------------------------------------
 
     async def version(self) -> api.VersionResponse:
-        reply = await self._call("version", self.runtime.Version(api.VersionRequest(), timeout=self.timeout_s))
-        self.runtime_name = reply.runtime_name
-        return reply
+        return await self._call("version", self.runtime.Version(api.VersionRequest(), timeout=self.timeout_s))
 
     async def status(self) -> api.StatusResponse:
         return await self._call("status", self.runtime.Status(api.StatusRequest(), timeout=self.timeout_s))

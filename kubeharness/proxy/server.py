@@ -27,7 +27,7 @@ import grpc
 from google.protobuf import message_factory
 
 from kubeharness.clock import Clock, RealClock
-from kubeharness.errors import KubeharnessError
+from kubeharness.errors import WithCode
 from kubeharness.faults import FaultEngine, FaultPlan
 from kubeharness.faults.act import perform, perform_stream
 from kubeharness.faults.control import ControlServer
@@ -59,12 +59,8 @@ INTERNAL_HINT = "see the CRI proxy's log"
 _CONNECTION_KEYS = frozenset({"user-agent", "content-type", "te", "grpc-accept-encoding", "grpc-encoding"})
 
 
-class UpstreamStatus(KubeharnessError):
+class UpstreamStatus(WithCode):
     """The runtime behind the proxy answered with this status; the client gets it unchanged."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def _upstream_error(err: grpc.aio.AioRpcError) -> UpstreamStatus:

@@ -21,6 +21,13 @@ ONE_WRITER_MODES = frozenset({Mode.SINGLE_NODE_WRITER, Mode.SINGLE_NODE_SINGLE_W
 READ_ONLY_MODES = frozenset({Mode.SINGLE_NODE_READER_ONLY, Mode.MULTI_NODE_READER_ONLY})
 
 
+def require(value: str, field_name: str) -> str:
+    """``value``, or INVALID_ARGUMENT when the client left the required field empty."""
+    if not value:
+        raise InvalidArgument(f"{field_name} is required")
+    return value
+
+
 def capability(field_name: str, cap: csi.VolumeCapability, present: bool = True) -> Capability:
     """Our record of one capability, or INVALID_ARGUMENT naming ``field_name``."""
     if not present:

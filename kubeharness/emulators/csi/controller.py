@@ -28,12 +28,6 @@ ADVERTISED = (RPC.CREATE_DELETE_VOLUME, RPC.PUBLISH_UNPUBLISH_VOLUME, RPC.LIST_V
               RPC.SINGLE_NODE_MULTI_WRITER)
 
 
-def _require(value: str, field_name: str) -> str:
-    if not value:
-        raise InvalidArgument(f"{field_name} is required")
-    return value
-
-
 def wire_volume(volume: Volume, config: CsiConfig) -> csi.Volume:
     return csi.Volume(volume_id=volume.id, capacity_bytes=volume.capacity_bytes, volume_context=volume.context,
                       accessible_topology=[csi.Topology(segments={TOPOLOGY_KEY: config.node_id})])
@@ -48,7 +42,7 @@ class ControllerService:
         self.mounts = mounts
 
     async def CreateVolume(self, request: csi.CreateVolumeRequest) -> csi.CreateVolumeResponse:
-        name = _require(request.name, "name")
+        name = caps.require(request.name, "name")
         wanted = caps.capabilities("volume_capabilities", list(request.volume_capabilities))
         if request.HasField("volume_content_source"):
             raise InvalidArgument("volume_content_source: this plugin has no snapshots or clones")
@@ -74,7 +68,7 @@ class ControllerService:
             return csi.CreateVolumeResponse(volume=wire_volume(volume, self.config))
 
     async def DeleteVolume(self, request: csi.DeleteVolumeRequest) -> csi.DeleteVolumeResponse:
-        volume_id = _require(request.volume_id, "volume_id")
+        volume_id = caps.require(request.volume_id, "volume_id")
         with self.store.exclusive(volume_id):
             volume = self.store.volumes.get(volume_id)
             if volume is None:
@@ -87,15 +81,15 @@ class ControllerService:
         return csi.DeleteVolumeResponse()
 
     def _node(self, node_id: str) -> str:
-        if _require(node_id, "node_id") != self.config.node_id:
+        if caps.require(node_id, "node_id") != self.config.node_id:
             raise NotFound(f"node {node_id!r} does not exist (this plugin serves {self.config.node_id!r})")
         return node_id
 
     async def ControllerPublishVolume(
         self, request: csi.ControllerPublishVolumeRequest
     ) -> csi.ControllerPublishVolumeResponse:
-        volume_id = _require(request.volume_id, "volume_id")
-        _require(request.node_id, "node_id")
+        volume_id = caps.require(request.volume_id, "volume_id")
+        caps.require(request.node_id, "node_id")
         cap = caps.capability("volume_capability", request.volume_capability, request.HasField("volume_capability"))
         with self.store.exclusive(volume_id):
             volume = self.store.get(volume_id)
@@ -122,7 +116,7 @@ class ControllerService:
     async def ControllerUnpublishVolume(
         self, request: csi.ControllerUnpublishVolumeRequest
     ) -> csi.ControllerUnpublishVolumeResponse:
-        volume_id = _require(request.volume_id, "volume_id")
+        volume_id = caps.require(request.volume_id, "volume_id")
         with self.store.exclusive(volume_id):
             volume = self.store.get(volume_id)
             nodes = [request.node_id] if request.node_id else list(volume.attached)  # empty: from every node
@@ -133,7 +127,7 @@ class ControllerService:
     async def ValidateVolumeCapabilities(
         self, request: csi.ValidateVolumeCapabilitiesRequest
     ) -> csi.ValidateVolumeCapabilitiesResponse:
-        volume_id = _require(request.volume_id, "volume_id")
+        volume_id = caps.require(request.volume_id, "volume_id")
         caps.capabilities("volume_capabilities", list(request.volume_capabilities))
         volume = self.store.get(volume_id)
         if dict(request.parameters) and dict(request.parameters) != volume.parameters:
@@ -178,7 +172,7 @@ class ControllerService:
     async def ControllerExpandVolume(
         self, request: csi.ControllerExpandVolumeRequest
     ) -> csi.ControllerExpandVolumeResponse:
-        volume_id = _require(request.volume_id, "volume_id")
+        volume_id = caps.require(request.volume_id, "volume_id")
         if not request.HasField("capacity_range"):
             raise InvalidArgument("capacity_range is required")
         with self.store.exclusive(volume_id):

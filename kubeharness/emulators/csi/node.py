@@ -17,20 +17,14 @@ from kubeharness.emulators.csi import capabilities as caps
 from kubeharness.emulators.csi.config import TOPOLOGY_KEY, CsiConfig
 from kubeharness.emulators.csi.mounts import Mounts
 from kubeharness.emulators.csi.paths import PathPolicy
-from kubeharness.emulators.csi.volumes import Published, VolumeStore
-from kubeharness.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from kubeharness.emulators.csi.volumes import Published, Volume, VolumeStore
+from kubeharness.errors import AlreadyExists, FailedPrecondition, NotFound
 from kubeharness.wire.csi import csi_pb2 as csi
 
 NodeRPC = csi.NodeServiceCapability.RPC
 ADVERTISED = (NodeRPC.STAGE_UNSTAGE_VOLUME, NodeRPC.GET_VOLUME_STATS, NodeRPC.EXPAND_VOLUME,
               NodeRPC.VOLUME_CONDITION, NodeRPC.SINGLE_NODE_MULTI_WRITER)
 Usage = csi.VolumeUsage
-
-
-def _require(value: str, field_name: str) -> str:
-    if not value:
-        raise InvalidArgument(f"{field_name} is required")
-    return value
 
 
 def _statvfs(path: str) -> os.statvfs_result | None:
@@ -52,7 +46,7 @@ class NodeService:
         self.abnormal: dict[str, str] = {}
 
     async def NodeStageVolume(self, request: csi.NodeStageVolumeRequest) -> csi.NodeStageVolumeResponse:
-        volume_id = _require(request.volume_id, "volume_id")
+        volume_id = caps.require(request.volume_id, "volume_id")
         path = self.paths.check("staging_target_path", request.staging_target_path)
         cap = caps.capability("volume_capability", request.volume_capability, request.HasField("volume_capability"))
         with self.store.exclusive(volume_id):
@@ -71,7 +65,7 @@ class NodeService:
         return csi.NodeStageVolumeResponse()
 
     async def NodeUnstageVolume(self, request: csi.NodeUnstageVolumeRequest) -> csi.NodeUnstageVolumeResponse:
-        volume_id = _require(request.volume_id, "volume_id")
+        volume_id = caps.require(request.volume_id, "volume_id")
         path = self.paths.check("staging_target_path", request.staging_target_path)
         with self.store.exclusive(volume_id):
             volume = self.store.get(volume_id)
@@ -86,7 +80,7 @@ class NodeService:
         return csi.NodeUnstageVolumeResponse()
 
     async def NodePublishVolume(self, request: csi.NodePublishVolumeRequest) -> csi.NodePublishVolumeResponse:
-        volume_id = _require(request.volume_id, "volume_id")
+        volume_id = caps.require(request.volume_id, "volume_id")
         staging = self.paths.check("staging_target_path", request.staging_target_path)
         target = self.paths.check("target_path", request.target_path)
         cap = caps.capability("volume_capability", request.volume_capability, request.HasField("volume_capability"))
@@ -112,7 +106,7 @@ class NodeService:
         return csi.NodePublishVolumeResponse()
 
     async def NodeUnpublishVolume(self, request: csi.NodeUnpublishVolumeRequest) -> csi.NodeUnpublishVolumeResponse:
-        volume_id = _require(request.volume_id, "volume_id")
+        volume_id = caps.require(request.volume_id, "volume_id")
         target = self.paths.check("target_path", request.target_path)
         with self.store.exclusive(volume_id):
             volume = self.store.get(volume_id)
@@ -122,12 +116,17 @@ class NodeService:
                 self.store.save(volume)
         return csi.NodeUnpublishVolumeResponse()
 
-    async def NodeGetVolumeStats(self, request: csi.NodeGetVolumeStatsRequest) -> csi.NodeGetVolumeStatsResponse:
-        volume_id = _require(request.volume_id, "volume_id")
-        path = self.paths.check("volume_path", request.volume_path)
+    def _mounted_at(self, volume_id: str, path: str) -> Volume:
+        """The volume, if it is published or staged at ``path``; NOT_FOUND otherwise."""
         volume = self.store.get(volume_id)
         if path not in volume.published and path != volume.staged_at:
             raise NotFound(f"volume {volume_id!r} is not published or staged at {path!r}")
+        return volume
+
+    async def NodeGetVolumeStats(self, request: csi.NodeGetVolumeStatsRequest) -> csi.NodeGetVolumeStatsResponse:
+        volume_id = caps.require(request.volume_id, "volume_id")
+        path = self.paths.check("volume_path", request.volume_path)
+        volume = self._mounted_at(volume_id, path)
         st = _statvfs(path) if self.mounts.real else None
         if st is not None:
             total, free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
@@ -144,11 +143,9 @@ class NodeService:
         return csi.NodeGetVolumeStatsResponse(usage=usage, volume_condition=condition)
 
     async def NodeExpandVolume(self, request: csi.NodeExpandVolumeRequest) -> csi.NodeExpandVolumeResponse:
-        volume_id = _require(request.volume_id, "volume_id")
+        volume_id = caps.require(request.volume_id, "volume_id")
         path = self.paths.check("volume_path", request.volume_path)
-        volume = self.store.get(volume_id)
-        if path not in volume.published and path != volume.staged_at:
-            raise NotFound(f"volume {volume_id!r} is not published or staged at {path!r}")
+        volume = self._mounted_at(volume_id, path)
         wanted = request.capacity_range.required_bytes
         if wanted > volume.capacity_bytes:
             raise FailedPrecondition(f"volume {volume_id!r} is {volume.capacity_bytes} bytes; "
