@@ -26,6 +26,7 @@ from kubeharness.emulators.cri.server import CriServer
 from kubeharness.faults import FaultEngine
 from kubeharness.wire.cri import api_pb2 as api
 from kubeharness.wire.cri import api_pb2_grpc as api_grpc
+from tests import fuzzing  # noqa: F401  (registers and loads the hypothesis profiles)
 
 T = TypeVar("T")
 
