@@ -215,10 +215,12 @@ async def test_unknown_volumes_are_not_found_except_where_the_spec_says_ok(plugi
     c = plugin
     ghost = "khv-ghost"
     assert await code_of(c.controller.DeleteVolume(csi.DeleteVolumeRequest(volume_id=ghost))) == Code.OK
+    # the spec: a volume that cannot be found can safely be regarded as unpublished
+    assert await code_of(c.controller.ControllerUnpublishVolume(csi.ControllerUnpublishVolumeRequest(
+        volume_id=ghost, node_id="node-1"))) == Code.OK
     for call in (
         c.controller.ControllerPublishVolume(csi.ControllerPublishVolumeRequest(
             volume_id=ghost, node_id="node-1", volume_capability=mount_cap())),
-        c.controller.ControllerUnpublishVolume(csi.ControllerUnpublishVolumeRequest(volume_id=ghost, node_id="node-1")),
         c.controller.ValidateVolumeCapabilities(csi.ValidateVolumeCapabilitiesRequest(
             volume_id=ghost, volume_capabilities=[mount_cap()])),
         c.node.NodeStageVolume(csi.NodeStageVolumeRequest(volume_id=ghost, staging_target_path=c.staging(),
@@ -446,3 +448,109 @@ async def test_many_volumes_go_through_their_lifecycle_concurrently(plugin: Csi)
     c.server.config.max_volumes_per_node = 0
     await asyncio.gather(*(cycle(i) for i in range(16)))
     assert (await c.controller.ListVolumes(csi.ListVolumesRequest())).entries == []
+
+
+async def test_the_volume_is_looked_up_before_the_other_fields_are_judged(plugin: Csi, tmp_path: Path) -> None:
+    """Spec corners (issue 18): missing fields first, then NOT_FOUND for an unknown volume whatever its paths
+    and capability look like, then the values; stats and expansion at a path the volume is not at are NOT_FOUND."""
+    c = plugin
+    ghost = "khv-ghost"
+    odd_paths = ("some/path", "/path/does/not/exist", str(c.kubelet / ".." / "escape"), str(c.kubelet / "a\x00b"))
+    odd_cap = mount_cap(mode=Mode.UNKNOWN, flags=("exec;rm -rf",))
+    for path in odd_paths:
+        for call in (
+            c.node.NodeGetVolumeStats(csi.NodeGetVolumeStatsRequest(volume_id=ghost, volume_path=path)),
+            c.node.NodeExpandVolume(csi.NodeExpandVolumeRequest(volume_id=ghost, volume_path=path)),
+            c.node.NodeStageVolume(csi.NodeStageVolumeRequest(volume_id=ghost, staging_target_path=path,
+                                                              volume_capability=odd_cap)),
+            c.node.NodeUnstageVolume(csi.NodeUnstageVolumeRequest(volume_id=ghost, staging_target_path=path)),
+            c.node.NodePublishVolume(csi.NodePublishVolumeRequest(volume_id=ghost, staging_target_path=path,
+                                                                  target_path=path, volume_capability=odd_cap)),
+            c.node.NodeUnpublishVolume(csi.NodeUnpublishVolumeRequest(volume_id=ghost, target_path=path)),
+        ):
+            assert await code_of(call) == Code.NOT_FOUND, path
+    for call in (
+        c.controller.ControllerPublishVolume(csi.ControllerPublishVolumeRequest(
+            volume_id=ghost, node_id="node-1", volume_capability=odd_cap)),
+        c.controller.ValidateVolumeCapabilities(csi.ValidateVolumeCapabilitiesRequest(
+            volume_id=ghost, volume_capabilities=[odd_cap])),
+        c.controller.ControllerExpandVolume(csi.ControllerExpandVolumeRequest(
+            volume_id=ghost, capacity_range=csi.CapacityRange(required_bytes=-1))),
+    ):
+        assert await code_of(call) == Code.NOT_FOUND
+    # a missing required field still comes first, even for an unknown volume
+    assert await code_of(c.node.NodeGetVolumeStats(csi.NodeGetVolumeStatsRequest(volume_id=ghost))) == \
+        Code.INVALID_ARGUMENT
+    # a known volume: a path it is not at is NOT_FOUND for stats and expansion, whatever the path looks like
+    volume_id = await c.create()
+    await c.attach(volume_id)
+    await c.stage(volume_id)
+    for path in odd_paths:
+        assert await code_of(c.node.NodeGetVolumeStats(csi.NodeGetVolumeStatsRequest(
+            volume_id=volume_id, volume_path=path))) == Code.NOT_FOUND, path
+        assert await code_of(c.node.NodeExpandVolume(csi.NodeExpandVolumeRequest(
+            volume_id=volume_id, volume_path=path))) == Code.NOT_FOUND, path
+    assert await code_of(c.node.NodeGetVolumeStats(csi.NodeGetVolumeStatsRequest(
+        volume_id=volume_id, volume_path=c.staging() + "/"))) == Code.OK
+    # where the volume is, the paths' form is judged as before: nothing outside the roots is touched
+    outside = tmp_path / "elsewhere"
+    assert await code_of(c.node.NodeUnstageVolume(csi.NodeUnstageVolumeRequest(
+        volume_id=volume_id, staging_target_path=str(outside)))) == Code.INVALID_ARGUMENT
+    assert on_disk(str(outside)) is None
+
+
+async def test_the_spec_error_tables_codes(plugin: Csi) -> None:
+    """Codes from the spec's per-RPC error tables that a simple driver easily gets wrong (issue 18)."""
+    c = plugin
+    volume_id = await c.create()
+    await c.attach(volume_id)
+    # NodeStageVolume / NodePublishVolume: a capability the volume was not created for exceeds its capabilities
+    assert await code_of(c.node.NodeStageVolume(csi.NodeStageVolumeRequest(
+        volume_id=volume_id, staging_target_path=c.staging(), volume_capability=block_cap()))) == \
+        Code.FAILED_PRECONDITION
+    assert on_disk(c.staging()) is None
+    await c.stage(volume_id)
+    assert await code_of(c.node.NodePublishVolume(c.publish_request(
+        volume_id, cap=mount_cap(Mode.MULTI_NODE_MULTI_WRITER)))) == Code.FAILED_PRECONDITION
+    # NodePublishVolume without a staging path while STAGE_UNSTAGE_VOLUME is advertised
+    no_staging = c.publish_request(volume_id)
+    no_staging.ClearField("staging_target_path")
+    assert await code_of(c.node.NodePublishVolume(no_staging)) == Code.FAILED_PRECONDITION
+    assert on_disk(c.target()) is None
+    # NodeExpandVolume: a size the node cannot give is OUT_OF_RANGE; another access type INVALID_ARGUMENT
+    assert await code_of(c.node.NodeExpandVolume(csi.NodeExpandVolumeRequest(
+        volume_id=volume_id, volume_path=c.staging(),
+        capacity_range=csi.CapacityRange(required_bytes=2 * GiB)))) == Code.OUT_OF_RANGE
+    assert await code_of(c.node.NodeExpandVolume(csi.NodeExpandVolumeRequest(
+        volume_id=volume_id, volume_path=c.staging(), volume_capability=block_cap()))) == Code.INVALID_ARGUMENT
+    assert (await c.node.NodeExpandVolume(csi.NodeExpandVolumeRequest(
+        volume_id=volume_id, volume_path=c.staging()))).capacity_bytes == GiB
+    # ControllerExpandVolume below the volume's size with a limit: the range cannot be met
+    assert await code_of(c.controller.ControllerExpandVolume(csi.ControllerExpandVolumeRequest(
+        volume_id=volume_id, capacity_range=csi.CapacityRange(limit_bytes=GiB // 2)))) == Code.OUT_OF_RANGE
+    # CreateVolume in a topology this plugin does not serve, and a name with a banned control character
+    elsewhere = csi.TopologyRequirement(requisite=[csi.Topology(segments={"zone": "z9"})])
+    assert await code_of(c.controller.CreateVolume(csi.CreateVolumeRequest(
+        name="far", volume_capabilities=[mount_cap()], accessibility_requirements=elsewhere))) == \
+        Code.RESOURCE_EXHAUSTED
+    assert await code_of(c.controller.CreateVolume(csi.CreateVolumeRequest(
+        name="bad\x07name", volume_capabilities=[mount_cap()]))) == Code.INVALID_ARGUMENT
+    here = csi.TopologyRequirement(requisite=[csi.Topology(segments={
+        "topology.csi.kubeharness.io/node": "node-1"})])
+    assert await code_of(c.controller.CreateVolume(csi.CreateVolumeRequest(
+        name="near", volume_capabilities=[mount_cap()], accessibility_requirements=here))) == Code.OK
+    listed = await c.controller.ListVolumes(csi.ListVolumesRequest())
+    assert sorted(e.volume.volume_id for e in listed.entries) == sorted([volume_id, await c.create("near")])
+    capacity = await c.controller.GetCapacity(csi.GetCapacityRequest(
+        accessible_topology=csi.Topology(segments={"zone": "z9"})))
+    assert capacity.available_capacity == 0
+
+
+async def test_list_volumes_refuses_tokens_that_only_look_like_numbers(plugin: Csi) -> None:
+    """Regression (found while reading the handlers for the fuzz tests): '²' passes str.isdigit and a 5000-digit token passes it
+    too, and int() of either raised, which the client saw as INTERNAL."""
+    c = plugin
+    await c.create()
+    for token in ("²", "9" * 5000, "١", "-1", " 1"):
+        assert await code_of(c.controller.ListVolumes(csi.ListVolumesRequest(starting_token=token))) == \
+            Code.ABORTED, token

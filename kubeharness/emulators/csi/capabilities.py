@@ -28,10 +28,15 @@ def require(value: str, field_name: str) -> str:
     return value
 
 
-def capability(field_name: str, cap: csi.VolumeCapability, present: bool = True) -> Capability:
-    """Our record of one capability, or INVALID_ARGUMENT naming ``field_name``."""
-    if not present:
+def present(field_name: str, is_set: bool) -> None:
+    """INVALID_ARGUMENT when the client left the required message ``field_name`` unset."""
+    if not is_set:
         raise InvalidArgument(f"{field_name} is required")
+
+
+def capability(field_name: str, cap: csi.VolumeCapability, is_set: bool = True) -> Capability:
+    """Our record of one capability, or INVALID_ARGUMENT naming ``field_name``."""
+    present(field_name, is_set)
     kind = cap.WhichOneof("access_type")
     if kind is None:
         raise InvalidArgument(f"{field_name}: access type (block or mount) is required")

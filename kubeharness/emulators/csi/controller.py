@@ -2,10 +2,14 @@
 
 Each call states the spec's rules where it applies them. Every call is idempotent: repeating a call that
 succeeded succeeds again with the same answer and changes nothing. A second operation on a volume while
-one is in flight is ABORTED (:meth:`VolumeStore.exclusive`).
+one is in flight is ABORTED (:meth:`VolumeStore.exclusive`). The checks come in the node service's order:
+missing required fields (INVALID_ARGUMENT), then the volume's existence (NOT_FOUND), then the values of
+the other fields.
 """
 
 from __future__ import annotations
+
+import re
 
 from kubeharness.emulators.csi import capabilities as caps
 from kubeharness.emulators.csi.config import TOPOLOGY_KEY, CsiConfig
@@ -17,15 +21,24 @@ from kubeharness.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    OutOfRange,
     ResourceExhausted,
     Unimplemented,
 )
 from kubeharness.wire.csi import csi_pb2 as csi
 
 RPC = csi.ControllerServiceCapability.RPC
+# The spec bans these control characters in names (whitespace such as tab and newline is allowed).
+BANNED_IN_NAMES = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+TOKEN = re.compile("[0-9]{1,9}")
 ADVERTISED = (RPC.CREATE_DELETE_VOLUME, RPC.PUBLISH_UNPUBLISH_VOLUME, RPC.LIST_VOLUMES, RPC.GET_CAPACITY,
               RPC.PUBLISH_READONLY, RPC.EXPAND_VOLUME, RPC.LIST_VOLUMES_PUBLISHED_NODES,
               RPC.SINGLE_NODE_MULTI_WRITER)
+
+
+def ours(topology: csi.Topology, config: CsiConfig) -> bool:
+    """Whether ``topology`` is this plugin's one segment: its node."""
+    return dict(topology.segments) == {TOPOLOGY_KEY: config.node_id}
 
 
 def wire_volume(volume: Volume, config: CsiConfig) -> csi.Volume:
@@ -44,8 +57,15 @@ class ControllerService:
     async def CreateVolume(self, request: csi.CreateVolumeRequest) -> csi.CreateVolumeResponse:
         name = caps.require(request.name, "name")
         wanted = caps.capabilities("volume_capabilities", list(request.volume_capabilities))
+        if BANNED_IN_NAMES.search(name):
+            raise InvalidArgument(f"name {name!r} contains a control character the spec bans")
         if request.HasField("volume_content_source"):
             raise InvalidArgument("volume_content_source: this plugin has no snapshots or clones")
+        requisite = request.accessibility_requirements.requisite
+        if requisite and not any(ours(t, self.config) for t in requisite):
+            # the spec: a valid topology the plugin cannot provision in is RESOURCE_EXHAUSTED
+            raise ResourceExhausted(f"accessibility_requirements: this plugin provisions only in "
+                                    f"{{{TOPOLOGY_KEY}: {self.config.node_id}}}")
         with self.store.exclusive(name):
             existing = self.store.find_name(name)
             budget_left = self.config.capacity_bytes - self.store.used_bytes()
@@ -90,10 +110,11 @@ class ControllerService:
     ) -> csi.ControllerPublishVolumeResponse:
         volume_id = caps.require(request.volume_id, "volume_id")
         caps.require(request.node_id, "node_id")
-        cap = caps.capability("volume_capability", request.volume_capability, request.HasField("volume_capability"))
+        caps.present("volume_capability", request.HasField("volume_capability"))
         with self.store.exclusive(volume_id):
             volume = self.store.get(volume_id)
             node_id = self._node(request.node_id)
+            cap = caps.capability("volume_capability", request.volume_capability)
             wanted = {"readonly": request.readonly, "mode": cap.mode}
             current = volume.attached.get(node_id)
             if current is not None:
@@ -118,7 +139,10 @@ class ControllerService:
     ) -> csi.ControllerUnpublishVolumeResponse:
         volume_id = caps.require(request.volume_id, "volume_id")
         with self.store.exclusive(volume_id):
-            volume = self.store.get(volume_id)
+            volume = self.store.volumes.get(volume_id)
+            if volume is None:
+                # the spec: a volume that cannot be found can safely be regarded as unpublished
+                return csi.ControllerUnpublishVolumeResponse()
             nodes = [request.node_id] if request.node_id else list(volume.attached)  # empty: from every node
             if any(volume.attached.pop(n, None) is not None for n in nodes):
                 self.store.save(volume)
@@ -128,8 +152,10 @@ class ControllerService:
         self, request: csi.ValidateVolumeCapabilitiesRequest
     ) -> csi.ValidateVolumeCapabilitiesResponse:
         volume_id = caps.require(request.volume_id, "volume_id")
-        caps.capabilities("volume_capabilities", list(request.volume_capabilities))
+        if not request.volume_capabilities:
+            raise InvalidArgument("volume_capabilities is required")
         volume = self.store.get(volume_id)
+        caps.capabilities("volume_capabilities", list(request.volume_capabilities))
         if dict(request.parameters) and dict(request.parameters) != volume.parameters:
             return csi.ValidateVolumeCapabilitiesResponse(message="parameters differ from the volume's")
         confirmed = csi.ValidateVolumeCapabilitiesResponse.Confirmed(
@@ -143,7 +169,7 @@ class ControllerService:
         ids = sorted(self.store.volumes)
         start = 0
         if request.starting_token:
-            if not request.starting_token.isdigit() or int(request.starting_token) > len(ids):
+            if not TOKEN.fullmatch(request.starting_token) or int(request.starting_token) > len(ids):
                 raise Aborted(f"starting_token {request.starting_token!r} is not one this plugin gave")
             start = int(request.starting_token)
         end = len(ids) if not request.max_entries else min(len(ids), start + request.max_entries)
@@ -158,6 +184,8 @@ class ControllerService:
         for i, cap in enumerate(request.volume_capabilities):
             caps.capability(f"volume_capabilities[{i}]", cap)
         left = max(0, self.config.capacity_bytes - self.store.used_bytes())
+        if request.HasField("accessible_topology") and not ours(request.accessible_topology, self.config):
+            left = 0  # nothing can be provisioned in a topology that is not this plugin's
         response = csi.GetCapacityResponse(available_capacity=left)
         response.maximum_volume_size.value = self.config.capacity_bytes
         return response
@@ -173,10 +201,19 @@ class ControllerService:
         self, request: csi.ControllerExpandVolumeRequest
     ) -> csi.ControllerExpandVolumeResponse:
         volume_id = caps.require(request.volume_id, "volume_id")
-        if not request.HasField("capacity_range"):
-            raise InvalidArgument("capacity_range is required")
+        caps.present("capacity_range", request.HasField("capacity_range"))
         with self.store.exclusive(volume_id):
             volume = self.store.get(volume_id)
+            if request.HasField("volume_capability"):
+                cap = caps.capability("volume_capability", request.volume_capability)
+                if volume.capabilities and cap not in volume.capabilities and (cap.access_type, cap.mode) not in {
+                        (c.access_type, c.mode) for c in volume.capabilities}:
+                    raise InvalidArgument(f"volume_capability: volume {volume_id!r} was not created for "
+                                          f"{cap.access_type} access with mode {cap.mode}")
+            limit = request.capacity_range.limit_bytes
+            if 0 < limit < volume.capacity_bytes and request.capacity_range.required_bytes <= limit:
+                raise OutOfRange(f"capacity_range: volume {volume_id!r} is already {volume.capacity_bytes} bytes, "
+                                 f"more than limit_bytes {limit} (volumes do not shrink)")
             left = self.config.capacity_bytes - self.store.used_bytes() + volume.capacity_bytes
             size = caps.size_for("capacity_range", request.capacity_range, True, volume.capacity_bytes, left,
                                  self.config.capacity_bytes)
