@@ -11,12 +11,13 @@ Chosen fields can be overridden by name, e.g. to give ids drawn from the live ob
 
     message_strategy(api.StartContainerRequest, overrides={"container_id": st.sampled_from(live_ids)})
 
-An override key without a dot applies to that field name at any depth; a dotted key
-(``"config.metadata.name"``) to that one path from the top message, whose parents are then always set
-(even past ``max_depth``). An override draws the field's final value in Python form (a scalar, a
-message, a list for a repeated field, a dict for a map) or ``UNSET`` to leave the field alone. An
-overridden field is always drawn from its override where its parent message is present. Generic: nothing in
-here knows CRI or CSI.
+An override key without a dot applies to that field name at any depth; a key qualified by the
+containing message's name (``"ImageSpec.image"``) to that field of that message type wherever it
+appears; a dotted path of field names (``"config.metadata.name"``) to that one path from the top
+message, whose parents are then always set (even past ``max_depth``). The most specific key wins.
+An override draws the field's final value in Python form (a scalar, a message, a list for a repeated
+field, a dict for a map) or ``UNSET`` to leave the field alone. An overridden field is always drawn
+from its override where its parent message is present. Generic: nothing in here knows CRI or CSI.
 """
 
 from __future__ import annotations
@@ -183,13 +184,14 @@ class _Builder:
         self.max_size = max_size
 
     def override(self, path: str, field: FieldDescriptor) -> st.SearchStrategy[Any] | None:
-        if path in self.overrides:
-            return self.overrides[path]
-        return self.overrides.get(field.name)
+        for key in (path, f"{field.containing_type.name}.{field.name}" if field.containing_type else "", field.name):
+            if key in self.overrides:
+                return self.overrides[key]
+        return None
 
     def leads_to_override(self, path: str) -> bool:
         """Whether a dotted override lies below this message field (which is then always set)."""
-        return any(key.startswith(path + ".") for key in self.overrides)
+        return any(key.startswith(path + ".") for key in self.overrides)  # type-qualified keys never match
 
     def value(self, field: FieldDescriptor, path: str, depth: int) -> st.SearchStrategy[Any] | None:
         """The strategy for one field's value; None when the depth limit leaves a message field unset."""

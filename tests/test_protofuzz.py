@@ -11,13 +11,16 @@ from tests.protofuzz import HUGE, UNSET, message_strategy
 
 def test_overrides_by_name_and_by_path_are_always_applied() -> None:
     strategy = message_strategy(api.CreateContainerRequest, overrides={
-        "pod_sandbox_id": st.just("live"), "config.metadata.name": st.just("n"), "config.image": st.just(UNSET)})
+        "pod_sandbox_id": st.just("live"), "config.metadata.name": st.just("n"), "config.image": st.just(UNSET),
+        "PodSandboxMetadata.name": st.just("pod")})
 
     @given(strategy)
     def check(msg: api.CreateContainerRequest) -> None:
         assert msg.pod_sandbox_id == "live"
         assert msg.config.metadata.name == "n"
         assert not msg.config.HasField("image")
+        if msg.sandbox_config.HasField("metadata"):
+            assert msg.sandbox_config.metadata.name == "pod"
 
     check()
 
