@@ -240,10 +240,23 @@ def test_gc_releases_what_is_not_valid(tmp_path: Path) -> None:
     answer = invoke("GC", {**conf, "cni.dev/valid-attachments": valid}, cid=None, ifname=None, netns=None)
     assert (answer.rc, answer.stdout) == (0, ""), answer
     assert sorted(state(conf)["attachments"]) == ["keep/eth0", "keep/net1"]
-    assert_error(invoke("GC", conf, cid=None, ifname=None, netns=None), 7)  # the list is required
+    assert_error(invoke("GC", {**conf, "cni.dev/valid-attachments": {"keep": "eth0"}}, cid=None, ifname=None,
+                        netns=None), 7)  # not a list
+    assert sorted(state(conf)["attachments"]) == ["keep/eth0", "keep/net1"]
     no_path = invoke("GC", {**conf, "cni.dev/valid-attachments": []}, cid=None, ifname=None, netns=None,
                      CNI_PATH="")
     assert_error(no_path, 4)
+
+
+def test_gc_without_valid_attachments_releases_everything(tmp_path: Path) -> None:
+    """libcni sends no cni.dev/valid-attachments when the runtime has no attachments: an empty list (issue 18)."""
+    conf = netconf(tmp_path)
+    for cid in ("a", "b"):
+        invoke("ADD", conf, cid=cid)
+    answer = invoke("GC", conf, cid=None, ifname=None, netns=None)
+    assert (answer.rc, answer.stdout) == (0, ""), answer
+    assert state(conf)["attachments"] == {}
+    assert addresses(invoke("ADD", conf, cid="c")) == ["10.30.0.4/24"]  # allocation goes on after the last one
 
 
 # --- configuration variants, chaining, loopback ----------------------------------------------------------

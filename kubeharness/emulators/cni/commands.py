@@ -3,7 +3,8 @@
 ADD reserves one address per range set under the store's lock and commits before it touches the kernel;
 if the kernel work fails the reservation is released again. DEL of an attachment the store does not know
 succeeds (the spec asks DEL to be repeatable). GC releases every attachment that is not listed in
-``cni.dev/valid-attachments`` (an entry without ``ifname`` keeps all of its container's interfaces).
+``cni.dev/valid-attachments`` (an entry without ``ifname`` keeps all of its container's interfaces); without
+the key it releases everything, as host-local does (libcni omits it when the runtime has no attachments).
 """
 
 from __future__ import annotations

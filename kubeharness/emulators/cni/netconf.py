@@ -152,13 +152,21 @@ class NetConf:
         return out
 
     def valid_attachments(self) -> set[tuple[str, str]]:
-        """GC's ``cni.dev/valid-attachments`` as (container id, interface) pairs; required for GC."""
+        """GC's ``cni.dev/valid-attachments`` as (container id, interface) pairs.
+
+        Absent means none: libcni leaves the key out when the runtime has no attachments, and host-local
+        then releases everything."""
         listing = self.doc.get("cni.dev/valid-attachments")
+        if listing is None:
+            return set()
         if not isinstance(listing, list):
-            raise PluginError(INVALID_CONFIG, "GC needs cni.dev/valid-attachments (a list)")
+            raise PluginError(INVALID_CONFIG, f"cni.dev/valid-attachments must be a list, got {listing!r}"[:300])
         out = set()
         for index, item in enumerate(listing):
             if not isinstance(item, dict) or not isinstance(item.get("containerID"), str):
                 raise PluginError(INVALID_CONFIG, f"cni.dev/valid-attachments[{index}] needs a containerID")
-            out.add((item["containerID"], str(item.get("ifname", ""))))
+            ifname = item.get("ifname", "")
+            if not isinstance(ifname, str):
+                raise PluginError(INVALID_CONFIG, f"cni.dev/valid-attachments[{index}].ifname must be a string")
+            out.add((item["containerID"], ifname))
         return out
