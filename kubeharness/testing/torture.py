@@ -35,6 +35,7 @@ T = TypeVar("T")
 CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1), ("grpc.initial_reconnect_backoff_ms", 100),
                    ("grpc.min_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 500)]
 CALL_TIMEOUT_S = 120.0  # one call, including waiting for a restarted server on a loaded machine
+CALL_OPTIONS: dict[str, Any] = {"timeout": CALL_TIMEOUT_S, "wait_for_ready": True}  # for every call
 STALL_TIMEOUT_S = 300.0  # no acknowledged call for this long: the server or the workload is stuck
 
 
@@ -79,7 +80,7 @@ class Torture:
     """
 
     def __init__(self, kill: Callable[[], object], start: Callable[[], object], *, kills: int, seed: int,
-                 mean_gap: int = 12) -> None:
+                 mean_gap: int = 40) -> None:
         if kills < 1:
             raise ValueError("a torture needs at least one kill")
         self._kill = kill
