@@ -334,3 +334,17 @@ def test_bench_cni_prints_every_plugin(capsys: pytest.CaptureFixture[str]) -> No
             assert rows[f"{command:<8} {plugin}"].endswith("x"), out
     assert "ADD p50 of kubeharness-cni fast (the C shim + fork server)" in out
     assert "DEL p50 of kubeharness-cni (the Python entry point)" in out and "floor of a Python plugin:" in out
+
+
+def test_deep_or_misshapen_input_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
+    """Regressions found with tests/test_fuzz_cni.py: JSON nested 100,000 deep made json raise RecursionError
+    (our INTERNAL with a traceback); a prevResult whose lists hold no objects crashed ADD's chaining."""
+    conf = netconf(tmp_path)
+    deep = invoke("ADD", b"[" * 100_000 + b"]" * 100_000)
+    assert_error(deep, 6)
+    assert "Traceback" not in deep.stderr
+    for prev in ({"ips": [5]}, {"interfaces": "x"}, {"ips": [{"address": 7}]}, {"dns": []}, {"routes": {}}):
+        answer = invoke("ADD", {**conf, "prevResult": prev})
+        assert_error(answer, 7)
+        assert "Traceback" not in answer.stderr, answer
+    assert state(conf)["attachments"] == {}

@@ -54,6 +54,9 @@ def decode(data: bytes) -> dict[str, Any]:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError) as err:
         raise PluginError(DECODE_FAILURE, "failed to decode the network configuration", str(err)) from None
+    except RecursionError:  # json gives up on very deep nesting this way, not with a ValueError
+        raise PluginError(DECODE_FAILURE, "failed to decode the network configuration",
+                          "it is nested too deeply") from None
     if not isinstance(doc, dict):
         raise PluginError(DECODE_FAILURE, "the network configuration must be a JSON object",
                           f"got {type(doc).__name__}")
@@ -74,6 +77,24 @@ def _unknown(doc: Mapping[str, Any], allowed: tuple[str, ...] | frozenset[str], 
         if key not in allowed and not key.startswith("cni.dev/"):
             raise PluginError(UNSUPPORTED_FIELD, f"unknown field {key!r} in {where}",
                               f"{where} takes {', '.join(sorted(allowed))}")
+
+
+def _prev_result(prev: object) -> dict[str, Any] | None:
+    """``prevResult`` in the shape a result has (lists of objects, a DNS object), or error code 7."""
+    if prev is None:
+        return None
+    if not isinstance(prev, dict):
+        raise PluginError(INVALID_CONFIG, f"prevResult must be an object, got {type(prev).__name__}")
+    for key in ("interfaces", "ips", "routes"):
+        items = prev.get(key)
+        if items is not None and (not isinstance(items, list) or not all(isinstance(i, dict) for i in items)):
+            raise PluginError(INVALID_CONFIG, f"prevResult.{key} must be a list of objects")
+    for index, ip in enumerate(prev.get("ips") or ()):
+        if not isinstance(ip.get("address"), str):
+            raise PluginError(INVALID_CONFIG, f"prevResult.ips[{index}] needs an address (a CIDR string)")
+    if prev.get("dns") is not None and not isinstance(prev["dns"], dict):
+        raise PluginError(INVALID_CONFIG, "prevResult.dns must be an object")
+    return prev
 
 
 class NetConf:
@@ -111,10 +132,7 @@ class NetConf:
         self.dns = _mapping(doc, "dns")
         self.faults = _mapping(doc, "faults")
         _unknown(self.faults, _FAULT_KEYS, "faults")
-        prev = doc.get("prevResult")
-        if prev is not None and not isinstance(prev, dict):
-            raise PluginError(INVALID_CONFIG, f"prevResult must be an object, got {prev!r}")
-        self.prev_result: dict[str, Any] | None = prev
+        self.prev_result: dict[str, Any] | None = _prev_result(doc.get("prevResult"))
         data_dir = self.ipam.get("dataDir", DEFAULT_DATA_DIR)
         if not isinstance(data_dir, str) or not data_dir.startswith("/"):
             raise PluginError(INVALID_CONFIG, f"ipam.dataDir must be an absolute path, got {data_dir!r}")
