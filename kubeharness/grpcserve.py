@@ -15,8 +15,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
-import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
@@ -24,7 +22,8 @@ import grpc
 from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
-from kubeharness.errors import FailedPrecondition, KubeharnessError
+from kubeharness import fsafe
+from kubeharness.errors import FailedPrecondition, InvalidArgument, KubeharnessError
 
 log = logging.getLogger(__name__)
 
@@ -169,20 +168,22 @@ def clear_stale_socket(path: str) -> None:
     """Make room for a server's unix socket: one left by a crashed server goes; a live server's socket or
     a file that is not a socket is refused (FAILED_PRECONDITION)."""
     try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise FailedPrecondition(f"{path} exists and is not a socket; refusing to replace it")
-    probe = socket.socket(socket.AF_UNIX)
+        fsafe.clear_stale_socket(path)
+    except fsafe.FsafeError as err:
+        raise FailedPrecondition(err.message) from None
+
+
+def serve_unix(server: grpc.aio.Server, path: str) -> None:
+    """Add the owner-only (0600) unix socket ``path`` to ``server``, reachable by nobody else at any moment
+    whatever the umask (:func:`kubeharness.fsafe.serve_unix_socket`); a live server's socket or another file
+    there is FAILED_PRECONDITION, a path too long for a unix socket INVALID_ARGUMENT."""
+    if len(os.fsencode(path)) > fsafe.MAX_SOCKET_PATH:
+        raise InvalidArgument(f"socket path {path!r} is longer than a unix socket path may be "
+                              f"({fsafe.MAX_SOCKET_PATH} bytes)")
     try:
-        probe.connect(path)
-    except OSError:
-        os.unlink(path)  # nobody listens: left over from a crash
-        return
-    finally:
-        probe.close()
-    raise FailedPrecondition(f"another process is already serving on {path}")
+        fsafe.serve_unix_socket(path, lambda temporary: server.add_insecure_port(f"unix://{temporary}"))
+    except fsafe.FsafeError as err:
+        raise FailedPrecondition(err.message) from None
 
 
 async def wait_for_stop_signal() -> None:

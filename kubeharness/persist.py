@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from kubeharness import fsafe
 from kubeharness.errors import FailedPrecondition
 
 log = logging.getLogger(__name__)
@@ -104,11 +105,17 @@ class Journal:
 
 class StateDirLock:
     """One process per state directory: an exclusive ``flock`` on ``<dir>/lock``, released on :meth:`release`
-    or when the process dies (so a crashed emulator never blocks its successor)."""
+    or when the process dies (so a crashed emulator never blocks its successor).
+
+    A state directory that another user owns is refused (FAILED_PRECONDITION naming it and its owner, exit
+    status 2 from the CLI) before anything in it is touched; a missing one is created 0700."""
 
     def __init__(self, state_dir: Path, what: str) -> None:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fsafe.make_owned_dir(state_dir, f"the {what}'s state directory")
+        except fsafe.FsafeError as err:
+            raise FailedPrecondition(err.message) from None
+        self._fd = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

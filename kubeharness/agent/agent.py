@@ -25,6 +25,7 @@ from typing import Any
 
 import grpc
 
+from kubeharness import fsafe
 from kubeharness.agent.actions import compute_pod_actions
 from kubeharness.agent.backoff import Backoff
 from kubeharness.agent.config import AgentConfig
@@ -38,6 +39,7 @@ from kubeharness.agent.runtime_client import RuntimeClient
 from kubeharness.agent.sources import FileSource, HttpSource, PodSource, SourceUpdate
 from kubeharness.agent.status import RUNNING_PHASE, pod_status
 from kubeharness.clock import Clock, seconds_to_ns
+from kubeharness.errors import FailedPrecondition
 from kubeharness.wire.cri import api_pb2 as api
 
 log = logging.getLogger(__name__)
@@ -124,6 +126,10 @@ class Agent:
     # -- lifecycle ---------------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        try:  # before anything is touched: the root directory (kubelet's --root-dir) is ours or refused
+            fsafe.check_owner(self.config.root_dir, "the agent's root directory")
+        except fsafe.FsafeError as err:
+            raise FailedPrecondition(err.message) from None
         routes = {"/pods": self._pods_answer, "/healthz": self._healthz_answer, "/metrics": self._metrics_answer}
         if self.config.read_only_port:
             self.servers.append(HttpServer(self.config.address, self.config.read_only_port, routes))

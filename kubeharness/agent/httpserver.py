@@ -5,12 +5,19 @@
 than the PLEG threshold); ``/metrics`` answers Prometheus text. It is a small HTTP/1.1 server on asyncio
 streams (GET and HEAD only, keep-alive, no request bodies): enough for kubelet's clients, curl and
 Prometheus, and no dependency.
+
+A server binds exactly the one address it is given, an IP address literal (KubeletConfiguration
+``address`` for the read-only port, ``healthzBindAddress`` for healthz): never a host name that could
+resolve to several addresses, never "all interfaces" for an empty host. ``0.0.0.0`` or ``::`` are served only
+when configured so (kubelet's default ``address`` is ``0.0.0.0``; the read-only port is off unless
+``readOnlyPort`` is set), and then the agent logs a warning.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,7 +48,15 @@ class HttpServer:
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, self.host, self.port, limit=MAX_HEADER_BYTES)
+        try:
+            address = ipaddress.ip_address(self.host)
+        except ValueError:
+            raise ValueError(f"HTTP server: {self.host!r} is not an IP address") from None
+        if address.is_unspecified:
+            log.warning("serving %s on every interface (%s:%d), as configured", ", ".join(self.routes),
+                        self.host, self.port)
+        self._server = await asyncio.start_server(self._serve, str(address), self.port, limit=MAX_HEADER_BYTES,
+                                                  reuse_port=False)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:

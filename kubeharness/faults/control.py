@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,7 +27,8 @@ from typing import Any
 
 import yaml
 
-from kubeharness.errors import InvalidArgument, KubeharnessError, Unavailable
+from kubeharness import fsafe
+from kubeharness.errors import FailedPrecondition, InvalidArgument, KubeharnessError, Unavailable
 from kubeharness.faults.engine import FaultEngine
 from kubeharness.faults.plan import FaultPlan, load_plan, plan_from_dict
 
@@ -72,16 +72,19 @@ class ControlServer:
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self) -> None:
-        if self.path.exists() or self.path.is_symlink():
-            self.path.unlink()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        old = os.umask(0o177)  # the socket is born 0600: nobody else may change the rules
+        """Listen on :attr:`path`, 0600 from its first moment (:func:`kubeharness.fsafe.serve_unix_socket`;
+        the umask is never touched: it belongs to the whole process). A live server's socket or another
+        file at the path is refused (FAILED_PRECONDITION), never replaced."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
-            self._server = await asyncio.start_unix_server(self._serve, path=str(self.path),
-                                                           limit=MAX_REQUEST_BYTES)
-        finally:
-            os.umask(old)
-        os.chmod(self.path, 0o600)
+            fsafe.serve_unix_socket(str(self.path), sock.bind)
+        except fsafe.FsafeError as err:
+            sock.close()
+            raise FailedPrecondition(f"fault control socket: {err.message}") from None
+        except BaseException:
+            sock.close()
+            raise
+        self._server = await asyncio.start_unix_server(self._serve, sock=sock, limit=MAX_REQUEST_BYTES)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -32,7 +32,7 @@ from kubeharness.faults import FaultEngine, FaultPlan
 from kubeharness.faults.act import perform, perform_stream
 from kubeharness.faults.control import ControlServer
 from kubeharness.faults.cri import call_info, ids_named
-from kubeharness.grpcserve import answering, clear_stale_socket, wait_for_stop_signal
+from kubeharness.grpcserve import answering, serve_unix, wait_for_stop_signal
 from kubeharness.proxy.index import PodIndex
 from kubeharness.wire.cri import api_pb2 as cri
 
@@ -214,8 +214,6 @@ class CriProxy:
     # -- lifecycle -----------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        os.makedirs(os.path.dirname(self.listen) or ".", exist_ok=True)
-        clear_stale_socket(self.listen)
         self._channel = grpc.aio.insecure_channel(self.upstream, options=UPSTREAM_OPTIONS)
         handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
         for path in self._methods:
@@ -224,9 +222,8 @@ class CriProxy:
             handlers[path] = handler
         server = grpc.aio.server(options=CHANNEL_OPTIONS)
         server.add_generic_rpc_handlers((_Handlers(handlers, self._handler),))
-        server.add_insecure_port(f"unix://{self.listen}")
+        serve_unix(server, self.listen)  # 0600 from its first moment
         await server.start()
-        os.chmod(self.listen, 0o660)
         self._server = server
         if self.control is not None:
             await self.control.start()

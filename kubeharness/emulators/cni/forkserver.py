@@ -33,12 +33,12 @@ import os
 import selectors
 import signal
 import socket
-import stat
 import struct
 import sys
 import time
 from dataclasses import dataclass, field
 
+from kubeharness import fsafe
 from kubeharness.emulators.cni import commands, faults, kernel, result, store  # noqa: F401  (warm: imported once)
 from kubeharness.emulators.cni.errors import INTERNAL, PluginError
 from kubeharness.emulators.cni.forkproto import (
@@ -126,17 +126,12 @@ class ForkServer:
         self.stopping = True
 
     def _listen(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            if stat.S_ISSOCK(os.lstat(self.path).st_mode):
-                os.unlink(self.path)  # a stale socket; anything else makes bind fail below
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        old = os.umask(0o177)
         try:
-            listener.bind(self.path)
-        finally:
-            os.umask(old)
-        os.chmod(self.path, 0o600)
+            fsafe.serve_unix_socket(self.path, listener.bind)  # 0600 from its first moment, umask untouched
+        except BaseException:
+            listener.close()
+            raise
         listener.listen(128)
         listener.setblocking(False)
         self.selector.register(listener, selectors.EVENT_READ, "accept")
@@ -386,7 +381,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    serve(args.socket, args.drain_seconds, args.preload_faults)
+    try:
+        serve(args.socket, args.drain_seconds, args.preload_faults)
+    except fsafe.FsafeError as err:  # a live server's socket, or another file, at the path
+        print(f"kubeharness: {err.message}", file=sys.stderr)
+        return 2
     return 0
 
 

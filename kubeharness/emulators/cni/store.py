@@ -18,6 +18,7 @@ import json
 import os
 from collections.abc import Callable
 
+from kubeharness import fsafe
 from kubeharness.emulators.cni.errors import IO_FAILURE, PluginError
 
 TYPE_CHECKING = False
@@ -48,9 +49,14 @@ class Store:
 
     def __enter__(self) -> Store:
         try:
-            os.makedirs(self.directory, mode=0o755, exist_ok=True)
-            self._lock_fd = os.open(os.path.join(self.directory, LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            # the data dir and the network's directory: ours or refused, before anything is touched
+            fsafe.check_owner(os.path.dirname(self.directory), "ipam.dataDir")
+            fsafe.make_owned_dir(self.directory, "the network's store directory", 0o755)
+            self._lock_fd = os.open(os.path.join(self.directory, LOCK),
+                                    os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        except fsafe.FsafeError as err:
+            raise PluginError(IO_FAILURE, f"refusing the store in {self.directory}", err.message) from None
         except OSError as err:
             self.__exit__()
             raise PluginError(IO_FAILURE, f"cannot lock the store in {self.directory}", str(err)) from None
@@ -91,7 +97,7 @@ class Store:
             for name in os.listdir(self.directory):
                 if name.startswith(_TMP_PREFIX):  # left by a writer that died: we hold the lock
                     os.unlink(os.path.join(self.directory, name))
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
             try:
                 view = memoryview(data)
                 while view:

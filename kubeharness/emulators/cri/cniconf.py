@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,8 +88,14 @@ def conf_from_bytes(data: bytes, path: str = "") -> NetworkList:
                          [obj], data, path, False)
 
 
+_NETWORK_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*")  # libcni's ValidateNetworkName
+
+
 def _network_list(name: str, version: str, plugins: list[dict[str, Any]], data: bytes, path: str,
                   disable_check: bool) -> NetworkList:
+    if name and not _NETWORK_NAME.fullmatch(name):  # it names the result cache's files: no '/' nor '..'
+        raise CniConfigError(f"error parsing configuration list: invalid network name {name!r}: "
+                             "letters and digits first, then letters, digits, '_', '.' or '-'")
     capabilities: set[str] = set()
     for plugin in plugins:
         caps = plugin.get("capabilities")

@@ -17,7 +17,7 @@ from kubeharness.emulators.cri.process import Exit
 from kubeharness.emulators.cri.runtime import Runtime
 from kubeharness.emulators.cri.validate import bounded, bounded_map, require_id, require_name, safe_relative
 from kubeharness.emulators.cri.views import container_status
-from kubeharness.errors import InvalidArgument, KubeharnessError, NotFound
+from kubeharness.errors import FailedPrecondition, InvalidArgument, KubeharnessError, NotFound
 from kubeharness.wire.cri import api_pb2 as cri
 
 START_ERROR_EXIT_CODE = 128  # containerd's exit code for a container whose process could not be started
@@ -99,6 +99,11 @@ async def start(rt: Runtime, req: cri.StartContainerRequest) -> cri.StartContain
         )
         rt.mark_exited(c, Exit(rt.clock.now_ns(), START_ERROR_EXIT_CODE, "StartError", message))
         raise KubeharnessError(message)
+    try:
+        rt.container_log(c).touch()  # as containerd, the log file is made before the task
+    except FailedPrecondition as err:  # a symbolic link on its way: exited with StartError, as containerd does
+        rt.mark_exited(c, Exit(rt.clock.now_ns(), START_ERROR_EXIT_CODE, "StartError", err.message))
+        raise
     c.started_ns = rt.clock.now_ns()
     rt.save_container(c)
     rt.emit(cri.CONTAINER_STARTED_EVENT, c)

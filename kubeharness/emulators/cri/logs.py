@@ -5,6 +5,10 @@ line and ``P`` for a partial one. A line longer than 16 KiB is split into 16 KiB
 final ``F`` chunk, as containerd does. The file stays open while its container writes, so after the
 kubelet renames it, output keeps going to the renamed file until ReopenContainerLog opens a fresh
 one at the original path: the rotation handshake containerd implements.
+
+The file is opened below its sandbox's log directory (the kubelet chose that one) with no symbolic link
+followed on the way (:func:`kubeharness.fsafe.open_beneath`): a link planted in the log directory, also one
+swapped in between two opens, is refused rather than followed to write somewhere else.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import os
 import time
 
 from kubeharness.emulators.cri.behaviour import CRI_MAX_LOG_LINE
+from kubeharness.errors import FailedPrecondition
+from kubeharness.fsafe import FsafeError, open_beneath
 
 _second_cache: dict[int, str] = {}
 
@@ -43,17 +49,23 @@ def encode_line(ns: int, stream: str, text: bytes) -> bytes:
 class ContainerLog:
     """The log file of one container; a no-op when the container has no log path."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, root: str = "") -> None:
         self.path = path
+        self.root = root or os.path.dirname(path)  # the sandbox's log directory, below which path must stay
         self._fd: int | None = None
 
     def open(self) -> None:
-        """Create the file (and its directory) and keep it open for writing."""
+        """Create the file (and its directories) and keep it open for writing; a symbolic link on the way
+        below the log directory is :class:`~kubeharness.fsafe.OutsideRoot`."""
         if not self.path:
             return
         self.close()
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        os.makedirs(self.root, exist_ok=True)
+        try:
+            self._fd = open_beneath(self.root, os.path.relpath(self.path, self.root),
+                                    os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640, parents_mode=0o755)
+        except FsafeError as err:
+            raise FailedPrecondition(f"cannot open the container log {self.path}: {err.message}") from None
 
     def touch(self) -> None:
         """Create the file without keeping it open (for containers that never write)."""

@@ -262,6 +262,11 @@ class Runtime:
         self._exec_pids[c.id] = pid = self._exec_pids.get(c.id, 100) + 1
         return pid
 
+    def container_log(self, c: Container) -> ContainerLog:
+        """The container's log file, kept below its sandbox's log directory."""
+        sb = self.sandboxes.find(c.sandbox_id)
+        return ContainerLog(c.log_path, sb.config.log_directory if sb is not None else "")
+
     def start_process(self, c: Container, resumed: bool = False) -> Process:
         """Run a started container's simulated process (``resumed``: again, after an emulator restart)."""
         process: Process
@@ -272,7 +277,7 @@ class Runtime:
                 c,
                 Behaviour(kind="script", ignore_sigterm=True),  # signals go to the program itself
                 self.clock,
-                ContainerLog(c.log_path),
+                self.container_log(c),
                 on_exit=self._process_exited,
                 on_progress=self.save_container,
                 argv=self.argv_of(c),
@@ -284,7 +289,7 @@ class Runtime:
                 c,
                 self.behaviour_of(c),
                 self.clock,
-                ContainerLog(c.log_path),
+                self.container_log(c),
                 on_exit=self._process_exited,
                 on_progress=self.save_container,
                 min_tick_ns=self._min_tick_ns,
@@ -308,7 +313,7 @@ class Runtime:
 
         failures = self.listeners.open(c.id, sb.ip, b.http_port, b.tcp_port, healthy)
         if failures and not resumed:  # khelper reports a port it cannot get on stderr and carries on
-            log_file = ContainerLog(c.log_path)
+            log_file = self.container_log(c)
             log_file.write(b"".join(encode_line(c.started_ns, "stderr", line.encode()) for line in failures))
             log_file.close()
         for line in failures:

@@ -22,7 +22,7 @@ from kubeharness.emulators.cri.runtime import Runtime
 from kubeharness.emulators.cri.service import ImageService, RuntimeService
 from kubeharness.faults import FaultEngine
 from kubeharness.faults.control import ControlServer
-from kubeharness.grpcserve import add_service, clear_stale_socket, wait_for_stop_signal
+from kubeharness.grpcserve import add_service, clear_stale_socket, serve_unix, wait_for_stop_signal
 from kubeharness.persist import StateDirLock
 from kubeharness.wire.cri import api_pb2 as cri
 
@@ -63,8 +63,7 @@ class CriServer:
 
     async def start(self) -> None:
         path = socket_path(self.endpoint)
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        clear_stale_socket(path)
+        clear_stale_socket(path)  # before loading: a live emulator's socket is refused with nothing touched
         self.runtime.load()
         server = grpc.aio.server(
             options=[
@@ -75,9 +74,8 @@ class CriServer:
         around = FaultPoint(self.faults, self.runtime, self.clock) if self.faults is not None else None
         add_service(server, cri.DESCRIPTOR.services_by_name["RuntimeService"], RuntimeService(self.runtime), around)
         add_service(server, cri.DESCRIPTOR.services_by_name["ImageService"], ImageService(self.runtime), around)
-        server.add_insecure_port(f"unix://{path}")
+        serve_unix(server, path)  # 0600 from its first moment
         await server.start()
-        os.chmod(path, 0o660)
         self._server = server
         if self.control is not None:
             await self.control.start()

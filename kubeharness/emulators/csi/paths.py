@@ -2,8 +2,9 @@
 
 CSI lets the CO choose staging and target paths; a plugin running as root that mkdirs, mounts or
 removes whatever it is told is a hazard. A path must be absolute, free of ``..`` segments and NUL
-bytes, and below one of the configured roots; otherwise the call is INVALID_ARGUMENT naming the field,
-and nothing on disk changes.
+bytes, and below one of the configured roots, also once every symbolic link in its existing part is
+resolved (a link inside a root that points out of it does not make a way out); otherwise the call is
+INVALID_ARGUMENT naming the field, and nothing on disk changes. The roots themselves may be links.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
+from kubeharness import fsafe
 from kubeharness.errors import InvalidArgument
 
 MAX_PATH = 4096
@@ -38,4 +40,8 @@ class PathPolicy:
                                   f"({', '.join(self.roots)})")
         if any(normal == root for root in self.roots):
             raise InvalidArgument(f"{field_name} {path!r} is an allowed root itself, not a path below it")
+        real = os.path.realpath(normal)
+        if not any(fsafe.inside(normal, root) and real != os.path.realpath(root) for root in self.roots):
+            raise InvalidArgument(f"{field_name} {path!r} leads through a symbolic link to {real!r}, outside the "
+                                  f"plugin's allowed roots ({', '.join(self.roots)})")
         return normal

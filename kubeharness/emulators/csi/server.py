@@ -24,17 +24,14 @@ from kubeharness.emulators.csi.node import NodeService
 from kubeharness.emulators.csi.paths import PathPolicy
 from kubeharness.emulators.csi.registration import RegistrationService
 from kubeharness.emulators.csi.volumes import VolumeStore
-from kubeharness.errors import InvalidArgument
 from kubeharness.faults import FaultEngine, FaultPlan
 from kubeharness.faults.control import ControlServer
-from kubeharness.grpcserve import add_service, clear_stale_socket, wait_for_stop_signal
+from kubeharness.grpcserve import add_service, serve_unix, wait_for_stop_signal
 from kubeharness.persist import StateDirLock
 from kubeharness.wire.csi import csi_pb2 as csi
 from kubeharness.wire.pluginregistration import api_pb2 as reg
 
 log = logging.getLogger(__name__)
-
-MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
 
 
 def socket_path(endpoint: str) -> str:
@@ -44,17 +41,11 @@ def socket_path(endpoint: str) -> str:
 async def _serve_socket(
     path: str, services: list[tuple[object, object]], around: CsiFaultPoint | None
 ) -> grpc.aio.Server:
-    if len(path.encode()) > MAX_SOCKET_PATH:
-        raise InvalidArgument(f"socket path {path!r} is longer than a unix socket path may be "
-                              f"({MAX_SOCKET_PATH} bytes)")
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    clear_stale_socket(path)
     server = grpc.aio.server()
     for descriptor, impl in services:
         add_service(server, descriptor, impl, around)  # type: ignore[arg-type]
-    server.add_insecure_port(f"unix://{path}")
+    serve_unix(server, path)  # 0600 from its first moment; too long a path is INVALID_ARGUMENT
     await server.start()
-    os.chmod(path, 0o660)
     return server
 
 
