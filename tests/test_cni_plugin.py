@@ -343,7 +343,9 @@ def test_deep_or_misshapen_input_is_a_clear_error_not_a_traceback(tmp_path: Path
     deep = invoke("ADD", b"[" * 100_000 + b"]" * 100_000)
     assert_error(deep, 6)
     assert "Traceback" not in deep.stderr
-    for prev in ({"ips": [5]}, {"interfaces": "x"}, {"ips": [{"address": 7}]}, {"dns": []}, {"routes": {}}):
+    misshapen: list[dict[str, Any]] = [{"ips": [5]}, {"interfaces": "x"}, {"ips": [{"address": 7}]}, {"dns": []},
+                                       {"routes": {}}]
+    for prev in misshapen:
         answer = invoke("ADD", {**conf, "prevResult": prev})
         assert_error(answer, 7)
         assert "Traceback" not in answer.stderr, answer

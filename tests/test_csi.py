@@ -469,7 +469,7 @@ async def test_the_volume_is_looked_up_before_the_other_fields_are_judged(plugin
             c.node.NodeUnpublishVolume(csi.NodeUnpublishVolumeRequest(volume_id=ghost, target_path=path)),
         ):
             assert await code_of(call) == Code.NOT_FOUND, path
-    for call in (
+    for controller_call in (
         c.controller.ControllerPublishVolume(csi.ControllerPublishVolumeRequest(
             volume_id=ghost, node_id="node-1", volume_capability=odd_cap)),
         c.controller.ValidateVolumeCapabilities(csi.ValidateVolumeCapabilitiesRequest(
@@ -477,7 +477,7 @@ async def test_the_volume_is_looked_up_before_the_other_fields_are_judged(plugin
         c.controller.ControllerExpandVolume(csi.ControllerExpandVolumeRequest(
             volume_id=ghost, capacity_range=csi.CapacityRange(required_bytes=-1))),
     ):
-        assert await code_of(call) == Code.NOT_FOUND
+        assert await code_of(controller_call) == Code.NOT_FOUND
     # a missing required field still comes first, even for an unknown volume
     assert await code_of(c.node.NodeGetVolumeStats(csi.NodeGetVolumeStatsRequest(volume_id=ghost))) == \
         Code.INVALID_ARGUMENT
@@ -547,10 +547,10 @@ async def test_the_spec_error_tables_codes(plugin: Csi) -> None:
 
 
 async def test_list_volumes_refuses_tokens_that_only_look_like_numbers(plugin: Csi) -> None:
-    """Regression (found while reading the handlers for the fuzz tests): '²' passes str.isdigit and a 5000-digit token passes it
-    too, and int() of either raised, which the client saw as INTERNAL."""
+    """Regression (found while reading the handlers for the fuzz tests): '²' passes str.isdigit, and so
+    does a 5000-digit token; int() of either raised, which the client saw as INTERNAL."""
     c = plugin
     await c.create()
-    for token in ("²", "9" * 5000, "١", "-1", " 1"):
+    for token in ("\u00b2", "9" * 5000, "\u0661", "-1", " 1"):
         assert await code_of(c.controller.ListVolumes(csi.ListVolumesRequest(starting_token=token))) == \
             Code.ABORTED, token
