@@ -12,6 +12,7 @@ import contextlib
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +112,16 @@ class CriHarness:
             advanced += step
             await asyncio.sleep(0.001)  # let the gRPC round trip finish on the real loop
         return task.result()
+
+    async def until_timer_added(self, before: int, timeout_s: float = 60.0) -> None:
+        """Wait (real time, generous deadline) until the server scheduled a clock timer beyond the ``before``
+        it had: the call has arrived and is waiting on the clock. Then the test advances exactly what it
+        means to, however slowly the machine ran the round trip."""
+        deadline = time.monotonic() + timeout_s
+        while self.clock.pending() <= before:
+            if time.monotonic() > deadline:
+                raise AssertionError("the server never scheduled the timer the call should have set")
+            await asyncio.sleep(0.001)
 
     async def pull(self, image: str) -> str:
         request = api.PullImageRequest(image=api.ImageSpec(image=image))

@@ -50,15 +50,6 @@ async def settle() -> None:
         await asyncio.sleep(0.002)
 
 
-async def until_timer_added(cri: CriHarness, before: int) -> None:
-    """Wait (bounded, real time) until the server scheduled a new clock timer: the RPC has arrived."""
-    for _ in range(5000):
-        if cri.clock.pending() > before:
-            return
-        await asyncio.sleep(0.001)
-    raise AssertionError("the server never scheduled the timer the call should have set")
-
-
 def container_config(name: str = "c", attempt: int = 0, image: str = HELPER_IMAGE,
                      args: list[str] | None = None, command: list[str] | None = None,
                      labels: dict[str, str] | None = None,
@@ -464,7 +455,7 @@ async def test_stop_container_ignoring_sigterm_waits_the_timeout_on_the_clock_th
     assert cri.clock.pending() == 0
     stop_at = cri.clock.now_ns()
     call = asyncio.ensure_future(stop_container(cri, cid, timeout=10))
-    await until_timer_added(cri, 0)  # the server has the SIGKILL scheduled
+    await cri.until_timer_added(0)  # the server has the SIGKILL scheduled
     await cri.clock.advance(9.95)
     await settle()
     assert not call.done()
