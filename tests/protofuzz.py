@@ -17,7 +17,8 @@ appears; a dotted path of field names (``"config.metadata.name"``) to that one p
 message, whose parents are then always set (even past ``max_depth``). The most specific key wins.
 An override draws the field's final value in Python form (a scalar, a message, a list for a repeated
 field, a dict for a map) or ``UNSET`` to leave the field alone. An overridden field is always drawn
-from its override where its parent message is present. Generic: nothing in here knows CRI or CSI.
+from its override where its parent message is present. ``string_overrides`` turns names into
+type-qualified keys for the string fields of those names only. Generic: nothing in here knows CRI or CSI.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ __all__ = [
     "hostile_strings",
     "map_keys",
     "message_strategy",
+    "string_overrides",
 ]
 
 HUGE: Final = 64 * 1024  # length of the "huge" strings and bytes, in characters / bytes
@@ -275,6 +277,33 @@ def field_strategy(field: FieldDescriptor, max_depth: int = 3, max_size: int = 3
     return strategy if strategy is not None else st.just(UNSET)
 
 
+def string_overrides(descriptor_or_class: Descriptor | type[Message],
+                     by_name: Overrides) -> dict[str, st.SearchStrategy[Any]]:
+    """Type-qualified override keys (``"Message.field"``) for the *string* fields named in ``by_name``
+    anywhere below a message: where a name means different things (CRI's ``container_id`` is a string
+    in requests but an integer in ``IDMapping``), only the string fields get the strategy."""
+    found: dict[str, st.SearchStrategy[Any]] = {}
+    seen: set[str] = set()
+    todo = [_descriptor_of(descriptor_or_class)]
+    while todo:
+        descriptor = todo.pop()
+        if descriptor.full_name in seen:
+            continue
+        seen.add(descriptor.full_name)
+        for field in descriptor.fields:
+            if field.type == FieldDescriptor.TYPE_MESSAGE:
+                todo.append(_message_type(field))
+            elif field.type == FieldDescriptor.TYPE_STRING and field.name in by_name:
+                found[f"{descriptor.name}.{field.name}"] = by_name[field.name]
+    return found
+
+
+def _descriptor_of(descriptor_or_class: Descriptor | type[Message]) -> Descriptor:
+    if isinstance(descriptor_or_class, type):
+        return cast(Descriptor, descriptor_or_class.DESCRIPTOR)
+    return descriptor_or_class
+
+
 def message_strategy(descriptor_or_class: Descriptor | type[Message], overrides: Overrides | None = None,
                      max_depth: int = 3, max_size: int = 3) -> st.SearchStrategy[Message]:
     """Messages of the given type with any subset of their fields set to hostile or ordinary values.
@@ -283,8 +312,4 @@ def message_strategy(descriptor_or_class: Descriptor | type[Message], overrides:
     values; ``max_depth`` bounds the nesting of message fields (deeper ones stay unset); ``max_size``
     bounds every repeated field and map.
     """
-    if isinstance(descriptor_or_class, type):
-        descriptor = cast(Descriptor, descriptor_or_class.DESCRIPTOR)
-    else:
-        descriptor = descriptor_or_class
-    return _Builder(overrides or {}, max_depth, max_size).message(descriptor)
+    return _Builder(overrides or {}, max_depth, max_size).message(_descriptor_of(descriptor_or_class))
