@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -113,15 +113,17 @@ class CriHarness:
             await asyncio.sleep(0.001)  # let the gRPC round trip finish on the real loop
         return task.result()
 
-    async def until_timer_added(self, before: int, timeout_s: float = 60.0) -> None:
-        """Wait (real time, generous deadline) until the server scheduled a clock timer beyond the ``before``
-        it had: the call has arrived and is waiting on the clock. Then the test advances exactly what it
-        means to, however slowly the machine ran the round trip."""
-        deadline = time.monotonic() + timeout_s
-        while self.clock.pending() <= before:
-            if time.monotonic() > deadline:
-                raise AssertionError("the server never scheduled the timer the call should have set")
-            await asyncio.sleep(0.001)
+    async def until_timer_added(self, before: int) -> None:
+        """Wait until the server scheduled a clock timer beyond the ``before`` it had: the call has arrived and
+        waits on the clock. Then the test advances exactly what it means to, however slow the round trip was."""
+        await eventually(lambda: self.clock.pending() > before, "the server to schedule the call's timer")
+
+    async def subscribed(self, count: int = 1) -> None:
+        """Wait until ``count`` GetContainerEvents subscriptions have reached the server (events published
+        before that would not be sent to them)."""
+        assert self.server is not None
+        hub = self.server.runtime.events
+        await eventually(lambda: hub.subscribers >= count, f"{count} event subscription(s) to reach the server")
 
     async def pull(self, image: str) -> str:
         request = api.PullImageRequest(image=api.ImageSpec(image=image))
@@ -177,6 +179,17 @@ async def cri(tmp_path: Path, cri_config: CriConfig) -> AsyncIterator[CriHarness
         yield harness
     finally:
         await harness.stop()
+
+
+async def eventually(predicate: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
+    """Wait (real time) until ``predicate()`` holds. The deadline is generous: it only turns a hang into a
+    failure, so a loaded machine waits longer instead of failing. Use it for whatever the test waits on in
+    real time (a round trip, a subscription reaching the server, another process); never a bare sleep."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        await asyncio.sleep(0.002)
 
 
 async def code_of(call: Awaitable[object]) -> grpc.StatusCode:

@@ -18,7 +18,7 @@ from kubeharness.clock import NS_PER_SECOND, VirtualClock
 from kubeharness.emulators.cri.config import CriConfig
 from kubeharness.faults import FaultEngine, load_plan
 from kubeharness.wire.cri import api_pb2 as api
-from tests.conftest import CriHarness
+from tests.conftest import CriHarness, eventually
 
 UID = "uid-web"
 
@@ -165,20 +165,20 @@ async def test_run_relists_every_period_and_when_triggered(node: Node) -> None:
     pleg = node.pleg(period_s=1.0)
     task = asyncio.create_task(pleg.run())
 
-    async def settle() -> None:
+    async def relisted(count: int) -> None:
+        """Wait for the count of relists, then check that no further one follows on its own."""
+        await eventually(lambda: len(node.relists) >= count, f"{count} relists")
         for _ in range(20):
             await asyncio.sleep(0.005)
+        assert len(node.relists) == count
 
     try:
-        await settle()
-        assert len(node.relists) == 1
-        for _ in range(3):
+        await relisted(1)
+        for n in range(3):
             await node.cri.clock.advance(1)
-            await settle()
-        assert len(node.relists) == 4
+            await relisted(2 + n)
         pleg.trigger()
-        await settle()
-        assert len(node.relists) == 5
+        await relisted(5)
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -190,16 +190,17 @@ async def test_the_runtimes_event_stream_triggers_relists(node: Node) -> None:
     task = asyncio.create_task(pleg.run())
     follower = asyncio.create_task(pleg.follow_events(node.client.container_events()))
     try:
-        for _ in range(20):
-            await asyncio.sleep(0.005)
+        await node.cri.subscribed()
+        await eventually(lambda: len(node.relists) == 1, "the first relist")
         before = len(node.relists)
         await node.pod()
-        for _ in range(100):
-            seen = pleg.get(UID)
-            if seen is not None and len(seen.containers) == 1:
-                break
-            await asyncio.sleep(0.01)
-        assert len(node.relists) > before and pleg.get(UID) is not None  # no clock advance was needed
+
+        def seen() -> bool:
+            pod = pleg.get(UID)
+            return pod is not None and len(pod.containers) == 1
+
+        await eventually(seen, "the PLEG to see the new pod")
+        assert len(node.relists) > before  # no clock advance was needed
     finally:
         follower.cancel()
         task.cancel()

@@ -15,6 +15,7 @@ from kubeharness.agent.defaults import CONFIG_SEEN, CONFIG_SOURCE
 from kubeharness.agent.sources import FileSource, HttpSource, PodSource, SourceUpdate
 from kubeharness.clock import VirtualClock
 from kubeharness.errors import InvalidArgument
+from tests.conftest import eventually
 
 NODE = "node-a"
 
@@ -276,12 +277,9 @@ async def test_http_run_polls_every_period(http_server: TinyServer, clock: Virtu
     task = asyncio.create_task(source.run(updates))
 
     async def fetched(count: int) -> None:
-        for _ in range(200):  # the fetch itself runs in real time, on a worker thread
-            if len(http_server.requests) >= count:
-                await asyncio.sleep(0.02)
-                return
-            await asyncio.sleep(0.01)
-        raise AssertionError(f"expected {count} requests, got {len(http_server.requests)}")
+        # the fetch itself runs in real time, on a worker thread; then the source sleeps on the clock again
+        await eventually(lambda: len(http_server.requests) >= count and clock.pending() > 0,
+                         f"{count} requests and the source waiting for its next period")
 
     try:
         assert names(await asyncio.wait_for(updates.get(), 5)) == ["web-node-a_default"]

@@ -236,7 +236,7 @@ async def test_an_error_ends_the_event_stream_before_any_event_and_the_next_subs
             await stream.read()
         assert (failed.value.code(), failed.value.details()) == (grpc.StatusCode.UNAVAILABLE, "events are down")
         again = h.runtime.GetContainerEvents(api.GetEventsRequest())
-        await asyncio.sleep(0.05)  # subscribed before the sandbox starts
+        await h.subscribed()  # before the sandbox starts
         sandbox_id = await h.run_sandbox()
         event = await asyncio.wait_for(again.read(), 5)
         assert isinstance(event, api.ContainerEventResponse)
@@ -250,7 +250,7 @@ async def test_a_partial_stream_delivers_one_event_then_fails(tmp_path: Path) ->
     h = await stream_harness(tmp_path, "{partial: {code: INTERNAL, message: stream broke}}")
     try:
         stream = h.runtime.GetContainerEvents(api.GetEventsRequest())
-        await asyncio.sleep(0.05)
+        await h.subscribed()
         sandbox_id = await h.run_sandbox()
         first = await asyncio.wait_for(stream.read(), 5)
         assert isinstance(first, api.ContainerEventResponse)
@@ -266,14 +266,19 @@ async def test_a_delay_after_holds_every_event_on_the_clock(tmp_path: Path) -> N
     h = await stream_harness(tmp_path, "{delay: {seconds: 3, when: after}}")
     try:
         stream = h.runtime.GetContainerEvents(api.GetEventsRequest())
-        await asyncio.sleep(0.05)
+        await h.subscribed()
         await h.run_sandbox(h.sandbox_config(name="one"))
         await h.run_sandbox(h.sandbox_config(name="two"))
         start = h.clock.now_ns()
-        await h.drive(stream.read(), step=0.1)
-        await h.drive(stream.read(), step=0.1)
-        # each event waits 3 virtual seconds before it is sent
-        assert 5.9 * NS <= h.clock.now_ns() - start <= 6.5 * NS
+        first = asyncio.ensure_future(stream.read())
+        await h.clock.advance(2.9)
+        await asyncio.sleep(0.05)
+        assert not first.done()  # held on the clock, not sent at once
+        await h.drive(first, step=0.01)
+        await h.drive(stream.read(), step=0.01)
+        # each event waits 3 virtual seconds before it is sent: two delays, not one and not three (the test
+        # steps the clock while the round trip runs in real time, so a slow machine adds a few steps)
+        assert 5.99 * NS <= h.clock.now_ns() - start < 9 * NS
         stream.cancel()
     finally:
         await h.stop()

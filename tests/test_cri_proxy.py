@@ -130,7 +130,7 @@ def _with_ids(type_name: str, sandbox_id: str) -> object:
 async def test_a_pod_lifecycle_through_the_proxy_with_its_events(proxied: Proxied) -> None:
     cri = proxied.cri
     events = proxied.runtime.GetContainerEvents(api.GetEventsRequest())
-    await asyncio.sleep(0.05)
+    await cri.subscribed()  # the proxy's upstream subscription has reached the emulator
     config = cri.sandbox_config(name="web")
     sandbox_id = (await proxied.runtime.RunPodSandbox(api.RunPodSandboxRequest(config=config))).pod_sandbox_id
     await cri.drive(proxied.images.PullImage(api.PullImageRequest(image=api.ImageSpec(image="kubeharness.test/app:1"))))
@@ -294,7 +294,7 @@ rules:
         assert [f["rule"] for f in await control.fired()] == ["no-events"]
         await control.clear()
         again = p.runtime.GetContainerEvents(api.GetEventsRequest())
-        await asyncio.sleep(0.05)
+        await p.cri.subscribed()
         sandbox_id = await p.cri.run_sandbox()
         event = await asyncio.wait_for(again.read(), 5)
         assert isinstance(event, api.ContainerEventResponse) and event.container_id == sandbox_id
@@ -323,18 +323,20 @@ rules:
     try:
         async with grpc.aio.insecure_channel(f"unix://{listen}", options=CHANNEL_OPTIONS) as channel:
             runtime = api_grpc.RuntimeServiceStub(channel)
-            await runtime.Version(api.VersionRequest(), timeout=20, wait_for_ready=True)
+            await runtime.Version(api.VersionRequest(), timeout=60, wait_for_ready=True)
             crasher = api.RunPodSandboxRequest(config=cri.sandbox_config(name="crasher"))
             assert await code_of(runtime.RunPodSandbox(crasher, timeout=10)) == grpc.StatusCode.UNAVAILABLE
             # the supervisor starts the proxy again on the same socket; calls work again through it
             other = api.RunPodSandboxRequest(config=cri.sandbox_config(name="other"))
             sandbox_id = ""
-            deadline = asyncio.get_running_loop().time() + 20
-            while not sandbox_id:  # UNAVAILABLE until the new proxy answers, as a kubelet would see it
+            deadline = asyncio.get_running_loop().time() + 60
+            while not sandbox_id:  # not answered until the new proxy does, as a kubelet would see it
                 try:
                     sandbox_id = (await runtime.RunPodSandbox(other, timeout=5, wait_for_ready=True)).pod_sandbox_id
                 except grpc.aio.AioRpcError as err:
-                    assert err.code() == grpc.StatusCode.UNAVAILABLE, err
+                    # UNAVAILABLE, or (on a busy machine, where the proxy's restart takes longer) the call's
+                    # deadline passing while it waits for the socket to answer
+                    assert err.code() in {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}, err
                     assert asyncio.get_running_loop().time() < deadline, "the proxy did not come back"
                     await asyncio.sleep(0.05)
             listed = await runtime.ListPodSandbox(api.ListPodSandboxRequest(), timeout=10)

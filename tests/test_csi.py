@@ -23,7 +23,7 @@ from kubeharness.wire.csi import csi_pb2 as csi
 from kubeharness.wire.csi import csi_pb2_grpc as csi_grpc
 from kubeharness.wire.pluginregistration import api_pb2 as reg
 from kubeharness.wire.pluginregistration import api_pb2_grpc as reg_grpc
-from tests.conftest import code_of
+from tests.conftest import code_of, eventually
 
 Mode = csi.VolumeCapability.AccessMode
 GiB = 1024**3
@@ -357,8 +357,10 @@ rules:
         other = await c.create("other")
         await c.attach(other)
         stuck = asyncio.ensure_future(code_of(c.node.NodeStageVolume(csi.NodeStageVolumeRequest(
-            volume_id=volume_id, staging_target_path=c.staging(), volume_capability=mount_cap()), timeout=1)))
-        await asyncio.sleep(0.2)
+            volume_id=volume_id, staging_target_path=c.staging(), volume_capability=mount_cap()), timeout=5)))
+        assert c.server.faults is not None
+        engine = c.server.faults
+        await eventually(lambda: any(f.rule == "stuck-stage" for f in engine.fired()), "the stage to hang")
         # while the stage hangs, every call on its volume is ABORTED; other volumes go on
         assert await code_of(c.node.NodeStageVolume(csi.NodeStageVolumeRequest(
             volume_id=volume_id, staging_target_path=c.staging(), volume_capability=mount_cap()))) == Code.ABORTED
