@@ -249,7 +249,7 @@ async def test_a_runtime_that_is_down_is_unavailable_and_back_when_it_is(tmp_pat
         assert await code_of(p.runtime.Version(api.VersionRequest(), timeout=5)) == grpc.StatusCode.UNAVAILABLE
         await p.cri.start()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + 10
+        deadline = loop.time() + 60
         while True:  # the proxy reconnects with a short backoff; until then it answers UNAVAILABLE
             try:
                 reply = await p.runtime.PodSandboxStatus(api.PodSandboxStatusRequest(pod_sandbox_id=sandbox_id),
