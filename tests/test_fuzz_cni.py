@@ -289,7 +289,7 @@ def run_valid(world: World, command: str, container: str, ifname: str) -> None:
 @st.composite
 def steps(draw: st.DrawFn) -> list[Step]:
     out: list[Step] = []
-    for _ in range(draw(st.integers(min_value=2, max_value=5))):
+    for _ in range(draw(st.integers(min_value=2, max_value=4))):
         if draw(st.booleans()):
             out.append(("valid", draw(valid_steps)))
         else:
