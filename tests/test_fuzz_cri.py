@@ -13,12 +13,13 @@ Start / Stop / Remove calls. After each step:
   ``errdefs.ToGRPC`` (``pkg/cri/server/instrumented_service.go``), which gives UNKNOWN to any error
   not of an errdefs class. That is the case for a name already reserved (``pkg/registrar``: ``name %q
   is reserved for %q``, RunPodSandbox and CreateContainer), an unknown runtime handler (RunPodSandbox),
-  StartContainer of a container not in CREATED state, in a sandbox that is not running, or whose process
-  cannot be started (``failed to create containerd task``), ExecSync/Exec/Attach in a container that is
-  not running (``container is in ... state``) or of a program that is not there (``OCI runtime exec
-  failed``), ContainerStats of a container without a task (``unexpected metrics response``),
-  PodSandboxStats without a cgroup path, and a pull the registry refuses for its credentials.
-  :data:`CONTAINERD_UNKNOWN` lists exactly these message forms;
+  StartContainer of a container not in CREATED state, in a sandbox that is not running, or whose
+  process cannot be started (``failed to create containerd task``), ExecSync/Exec/Attach in a
+  container that is not running (``container is in ... state``) or of a program that is not there
+  (``OCI runtime exec failed``), ReopenContainerLog of a container that is not running, ContainerStats
+  of a container without a task (``unexpected metrics response``), PodSandboxStats and the sandbox
+  stats lists when a sandbox has no cgroup path (containerd 1.6 fails the whole list), and a pull the
+  registry refuses for its credentials. :data:`CONTAINERD_UNKNOWN` lists exactly these message forms;
 - the List calls are consistent: every listed sandbox, container and image has the same state in its
   Status call and is found by an id filter; every container belongs to a listed sandbox (RemovePodSandbox
   removes its containers, in containerd as here); no two ready sandboxes share a pod IP; a failed call
@@ -92,6 +93,7 @@ CONTAINERD_UNKNOWN: dict[str, tuple[str, ...]] = {
     "CreateContainer": (r"^failed to reserve container name ",),
     "StartContainer": (r"^failed to set starting state for container ", r"^sandbox container .* is not running$",
                        r"^failed to create containerd task: "),
+    "ReopenContainerLog": (r"^container is not running$",),  # pkg/cri/server/container_log_reopen.go
     "ExecSync": (r"^failed to exec in container: ",),
     "Exec": (r"^failed to exec in container: ",),
     "Attach": (r"^failed to exec in container: ",),
