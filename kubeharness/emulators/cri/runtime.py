@@ -47,6 +47,9 @@ class Runtime:
     """Everything the RPC handlers share."""
 
     NODE_KIND = "node"  # journal kind of node-wide settings (the pod CIDR from UpdateRuntimeConfig)
+    # journal kind of a sandbox whose network is being set up: written before the namespace and CNI ADD are
+    # made, deleted once the sandbox is saved (or the setup undone); one left by a crash is undone at start
+    SETUP_KIND = "sandbox-setup"
 
     def __init__(self, config: CriConfig, state_dir: Path, clock: Clock, min_tick_ns: int = 0) -> None:
         self.config = config
@@ -82,6 +85,7 @@ class Runtime:
         self._exit_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self.filesystems: dict[str, Vfs] = {}  # scripted containers' filesystems by container id
         self._exec_pids: dict[str, int] = {}  # the last PID given to an exec, by container id
+        self.setups: dict[str, Sandbox] = {}  # sandboxes whose network setup is in flight or left by a crash
         self._min_tick_ns = min_tick_ns
         self._preload()
 
@@ -122,6 +126,8 @@ class Runtime:
             yield "container", c.id, c.to_record()
         for image in self.images:
             yield ImageStore.KIND, image.id, image.to_record()
+        for sb in self.setups.values():
+            yield self.SETUP_KIND, sb.id, sb.to_record()
         if self.runtime_config.network_config.pod_cidr:
             yield self.NODE_KIND, "pod_cidr", {"pod_cidr": self.runtime_config.network_config.pod_cidr}
 
@@ -139,10 +145,21 @@ class Runtime:
         self.runtime_config.network_config.pod_cidr = cidrs
         self.journal.put(self.NODE_KIND, "pod_cidr", {"pod_cidr": cidrs})
 
+    def begin_setup(self, sb: Sandbox) -> None:
+        """Record that ``sb``'s network is being set up (its namespace path, if any, already in it)."""
+        self.setups[sb.id] = sb
+        self.journal.put(self.SETUP_KIND, sb.id, sb.to_record())
+
+    def end_setup(self, sb: Sandbox) -> None:
+        """The setup is over: the sandbox is saved, or what was set up is undone."""
+        if self.setups.pop(sb.id, None) is not None:
+            self.journal.delete(self.SETUP_KIND, sb.id)
+
     def add_sandbox(self, sb: Sandbox) -> None:
         self.save_sandbox(sb)
         self.sandboxes.add(sb.id, sb)
         self.by_sandbox[sb.id] = {}
+        self.end_setup(sb)  # after the save: a crash between the two leaves the sandbox, whole
 
     def drop_sandbox(self, sb: Sandbox) -> None:
         self.journal.delete("sandbox", sb.id)
@@ -399,6 +416,12 @@ class Runtime:
             self.container_list.update(c.id, c)
             self.by_sandbox[c.sandbox_id][c.id] = c
             self.names.reserve(c.name, c.id)
+        for record in saved.get(self.SETUP_KIND, {}).values():
+            sb = Sandbox.from_record(record)
+            if self.sandboxes.find(sb.id) is None:
+                self.setups[sb.id] = sb  # a RunPodSandbox cut by a crash: recover_setups undoes it
+            else:
+                self.journal.delete(self.SETUP_KIND, sb.id)
         resumed = 0
         for c in self.containers:
             if c.state == cri.CONTAINER_RUNNING:
@@ -408,6 +431,15 @@ class Runtime:
             "loaded %d sandboxes, %d containers (%d running), %d images",
             len(self.sandboxes), len(self.containers), resumed, len(self.images),
         )
+
+    async def recover_setups(self) -> None:
+        """Undo the network setups that a crash cut (their RunPodSandbox was never answered): CNI DEL and
+        the namespace, so no address or namespace leaks. A failed DEL is retried at the next start."""
+        from kubeharness.emulators.cri import sandbox_network  # it imports this module
+
+        for sb in list(self.setups.values()):
+            if await sandbox_network.undo_setup(self, sb):
+                self.end_setup(sb)
 
     def shutdown(self) -> None:
         """Save progress and drop timers; the processes resume on the next load."""

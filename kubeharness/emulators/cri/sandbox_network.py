@@ -49,7 +49,11 @@ async def _remove_netns_quietly(rt: Runtime, sb: Sandbox) -> None:
 
 
 async def set_up(rt: Runtime, sb: Sandbox) -> None:
-    """Give a new, not-host-network sandbox its namespace and IPs; on failure nothing stays behind."""
+    """Give a new, not-host-network sandbox its namespace and IPs; on failure nothing stays behind.
+
+    A setup record in the journal (:meth:`Runtime.begin_setup`) covers the time from the namespace to the
+    saved sandbox: a crash in between leaves it, and the next start undoes the setup (:func:`undo_setup`).
+    """
     if rt.cni is None:
         sb.ip = rt.ips.allocate()
         try:
@@ -57,11 +61,16 @@ async def set_up(rt: Runtime, sb: Sandbox) -> None:
         except BaseException:
             rt.ips.release(sb.ip)
             raise
+        if rt.netns.is_real(sb.netns_path):
+            rt.begin_setup(sb)
         return
     problem = rt.cni.not_ready()
     if problem is not None:
         raise KubeharnessError(f"failed to setup network for sandbox {_quoted(sb.id)}: {problem}")
     await _create_netns(rt, sb)
+    sb.cni_attached = True  # in the setup record: DEL is due if a crash cuts the ADD
+    rt.begin_setup(sb)
+    sb.cni_attached = False
     try:
         sb.ip, sb.additional_ips = await rt.cni.setup(sb.id, sb.config, sb.netns_path)
     except BaseException as err:
@@ -71,11 +80,32 @@ async def set_up(rt: Runtime, sb: Sandbox) -> None:
         except PluginError as cleanup:
             log.warning("failed to destroy network for sandbox %s after a failed setup: %s", sb.id, cleanup)
         await _remove_netns_quietly(rt, sb)
+        rt.end_setup(sb)
         if isinstance(err, PluginError):
             message = str(err) if rt.netns.real else emulated_netns_hint(str(err), sb.netns_path)
             raise KubeharnessError(f"failed to setup network for sandbox {_quoted(sb.id)}: {message}") from None
         raise
     sb.cni_attached = True
+
+
+async def undo_setup(rt: Runtime, sb: Sandbox) -> bool:
+    """Undo a setup that a crash cut (CNI DEL if it may have run ADD, then the namespace); whether it is done."""
+    if sb.cni_attached:
+        if rt.cni is None:
+            log.warning("sandbox %s: a crash cut its network setup, and without a CNI configuration it cannot "
+                        "be undone yet", sb.id)
+            return False
+        netns = sb.netns_path if not rt.netns.is_real(sb.netns_path) or rt.netns.exists(sb.netns_path) else ""
+        try:
+            await rt.cni.teardown(sb.id, sb.config, netns)
+        except PluginError as err:
+            log.warning("sandbox %s: undoing the network setup a crash cut failed (retried at the next start): %s",
+                        sb.id, err)
+            return False
+    if rt.netns.is_real(sb.netns_path) and rt.netns.exists(sb.netns_path):
+        await _remove_netns_quietly(rt, sb)
+    log.info("sandbox %s: undid the network setup of a RunPodSandbox that a crash cut", sb.id)
+    return True
 
 
 async def tear_down(rt: Runtime, sb: Sandbox) -> None:

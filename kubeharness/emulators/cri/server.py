@@ -65,6 +65,7 @@ class CriServer:
         path = socket_path(self.endpoint)
         clear_stale_socket(path)  # before loading: a live emulator's socket is refused with nothing touched
         self.runtime.load()
+        await self.runtime.recover_setups()
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

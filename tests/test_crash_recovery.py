@@ -1,0 +1,85 @@
+"""Regression tests for what the crash torture (tests/test_torture.py) found, each a plain, deterministic crash.
+
+Every process stopped here is one this module started, by its PID; every wait is a poll with a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+
+from kubeharness.testing.emulator import PROBE_OPTIONS, CriEmulator
+from kubeharness.testing.processes import wait_gone
+from kubeharness.wire.cri import api_pb2 as cri
+from kubeharness.wire.cri import api_pb2_grpc as cri_grpc
+
+DEADLINE = 60.0
+CNI_PLUGIN = Path(sys.executable).with_name("kubeharness-cni")
+# A second plugin in the chain that, on ADD, says it is there (its PID in a file) and sleeps: the emulator
+# is killed while the first plugin's ADD has already taken an address.
+SLEEPER = """#!/bin/sh
+cat >/dev/null
+if [ "$CNI_COMMAND" = ADD ]; then
+    echo $$ > {marker}.tmp && mv {marker}.tmp {marker}
+    exec sleep 60
+fi
+exit 0
+"""
+
+
+def attachments(ipam: Path) -> list[str]:
+    path = ipam / "net" / "state.json"
+    return sorted(json.loads(path.read_text())["attachments"]) if path.exists() else []
+
+
+def test_a_kill_between_cni_add_and_the_saved_sandbox_leaks_no_address(tmp_path: Path) -> None:
+    net, bin_dir, ipam, marker = tmp_path / "net.d", tmp_path / "bin", tmp_path / "ipam", tmp_path / "sleeping"
+    net.mkdir()
+    bin_dir.mkdir()
+    (bin_dir / "kubeharness-cni").symlink_to(CNI_PLUGIN)
+    (bin_dir / "sleeper").write_text(SLEEPER.format(marker=marker))
+    (bin_dir / "sleeper").chmod(0o755)
+    (net / "10-net.conflist").write_text(json.dumps({"cniVersion": "1.1.0", "name": "net", "plugins": [
+        {"type": "kubeharness-cni", "ipam": {"ranges": [[{"subnet": "10.79.0.0/24"}]], "dataDir": str(ipam)}},
+        {"type": "sleeper"}]}))
+    emulator = CriEmulator(tmp_path / "cri", start_timeout=DEADLINE,
+                           extra_args=["--cni-conf-dir", str(net), "--cni-bin-dir", str(bin_dir)])
+    config = cri.PodSandboxConfig(metadata=cri.PodSandboxMetadata(name="p", namespace="n", uid="u"))
+    with emulator:
+        answers: list[grpc.StatusCode] = []
+
+        def run() -> None:
+            with grpc.insecure_channel(emulator.endpoint, options=PROBE_OPTIONS) as channel:
+                try:
+                    cri_grpc.RuntimeServiceStub(channel).RunPodSandbox(cri.RunPodSandboxRequest(config=config),
+                                                                       timeout=DEADLINE)
+                except grpc.RpcError as err:
+                    answers.append(err.code())
+
+        caller = threading.Thread(target=run)
+        caller.start()
+        deadline = time.monotonic() + DEADLINE
+        while not marker.exists():
+            assert time.monotonic() < deadline, emulator.log_text()
+            time.sleep(0.05)
+        sleeper = int(marker.read_text())
+        assert len(attachments(ipam)) == 1  # the first plugin's ADD took an address
+        emulator.kill()
+        os.kill(sleeper, signal.SIGKILL)
+        assert wait_gone(sleeper, DEADLINE)
+        caller.join(DEADLINE)
+        assert answers == [grpc.StatusCode.UNAVAILABLE]  # the call was never answered
+        emulator.start()
+        with grpc.insecure_channel(emulator.endpoint, options=PROBE_OPTIONS) as channel:
+            stub = cri_grpc.RuntimeServiceStub(channel)
+            assert list(stub.ListPodSandbox(cri.ListPodSandboxRequest(), timeout=DEADLINE).items) == []
+            assert attachments(ipam) == []  # the restarted emulator ran DEL for the setup the kill cut
+            marker.unlink()
+        assert "undid the network setup" in emulator.log_text()
