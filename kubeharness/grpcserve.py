@@ -64,6 +64,29 @@ class Around(Protocol):
     ) -> AsyncIterator[Any]: ...
 
 
+# A status message travels percent-encoded in the trailing metadata, which clients cap (gRPC's default
+# hard limit is 16 KiB): a longer one would reach the client as RESOURCE_EXHAUSTED instead of its code.
+MAX_DETAILS_ENCODED = 8192
+
+
+def _encoded_length(char: str) -> int:
+    """How many bytes ``char`` takes in a grpc-message trailer (non-ASCII is percent-encoded UTF-8)."""
+    if " " <= char <= "~" and char != "%":
+        return 1
+    return 3 * len(char.encode("utf-8", "surrogatepass"))
+
+
+def bounded_details(message: str) -> str:
+    """``message`` cut to fit a status trailer, saying how much was cut (an error that echoes a huge
+    input stays readable and keeps its code)."""
+    total = 0
+    for index, char in enumerate(message):
+        total += _encoded_length(char)
+        if total > MAX_DETAILS_ENCODED - 64:
+            return f"{message[:index]}... ({len(message) - index} more characters)"
+    return message
+
+
 @contextlib.asynccontextmanager
 async def answering(
     context: grpc.aio.ServicerContext[Any, Any], name: str, internal: str = "see the emulator's log"
@@ -74,7 +97,7 @@ async def answering(
     try:
         yield
     except KubeharnessError as err:
-        await context.abort(err.code, err.message)
+        await context.abort(err.code, bounded_details(err.message))
     except grpc.aio.AbortError:
         raise
     except Exception:

@@ -102,9 +102,11 @@ def hostile_paths() -> st.SearchStrategy[str]:
 
 
 def hostile_strings() -> st.SearchStrategy[str]:
-    """Strings a server must survive: empty, huge, NUL bytes, unicode, control characters, paths, any text."""
+    """Strings a server must survive: empty, huge (also in multi-byte characters), NUL bytes, unicode,
+    control characters, paths, any text."""
     fixed = st.sampled_from([
-        "", " ", "x" * HUGE, "\x00", "a\x00b", "\x00" * 64, "é", "\U0001f600", "\u202e", "\ud7ff\ufffd",
+        "", " ", "x" * HUGE, "\u00e9" * 4000, "\U0001f600" * (HUGE // 4), "\x00", "a\x00b",
+        "\x00" * 64, "é", "\U0001f600", "\u202e", "\ud7ff\ufffd",
         "\n", "\r\n", "\t", "%s%n", "${x}", "'\";--", "a=b", "a,b", "*", "-1", "0", "null",
     ])
     return st.one_of(fixed, hostile_paths(), st.text(max_size=40), st.text(st.characters(max_codepoint=127),

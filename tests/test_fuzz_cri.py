@@ -105,6 +105,8 @@ CONTAINERD_UNKNOWN: dict[str, tuple[str, ...]] = {
     "StreamPodSandboxStats": (CGROUPLESS,),
     "PullImage": (r"^failed to pull and unpack image .*authorization failed",),
 }
+# What RESOURCE_EXHAUSTED may say: the runtime ran out of something (not a status the transport made up).
+OUT_OF = (r"^no free pod address left in ", r"no space left on device", r"^container event subscriber fell ")
 # RPCs that may still be waiting when the test stops waiting: they wait as long as the request asks
 # (a stop timeout, an exec timeout or a sleeping exec command), or forever (the event stream).
 MAY_WAIT = {"StopContainer", "ExecSync", "StopPodSandbox", "RemoveContainer", "RemovePodSandbox",
@@ -368,7 +370,8 @@ class Fuzzer:
 
 
 def check_outcome(outcome: Outcome) -> None:
-    """Never INTERNAL, UNKNOWN only as containerd, no traceback, a bounded message, waiting only where allowed."""
+    """Never INTERNAL, UNKNOWN only as containerd, RESOURCE_EXHAUSTED only when out of something, no
+    traceback, a bounded message, waiting only where allowed."""
     if outcome.code is None:
         assert outcome.rpc in MAY_WAIT, f"{outcome.rpc} never answered"
         return
@@ -376,6 +379,8 @@ def check_outcome(outcome: Outcome) -> None:
     assert outcome.code != grpc.StatusCode.INTERNAL, f"{outcome.rpc}: INTERNAL: {details[:500]}"
     assert "Traceback" not in details and 'File "' not in details, details[:500]
     assert len(details) <= 16 * 1024, f"{outcome.rpc}: a {len(details)}-character message"
+    if outcome.code == grpc.StatusCode.RESOURCE_EXHAUSTED:  # only what the runtime ran out of
+        assert any(re.search(p, details) for p in OUT_OF), f"{outcome.rpc}: RESOURCE_EXHAUSTED: {details[:500]}"
     if outcome.code == grpc.StatusCode.UNKNOWN:
         allowed = CONTAINERD_UNKNOWN.get(outcome.rpc, ())
         assert any(re.search(p, details, re.S) for p in allowed), f"{outcome.rpc}: UNKNOWN: {details[:500]}"
@@ -557,3 +562,34 @@ def test_generated_requests_among_valid_lifecycles(loop: asyncio.AbstractEventLo
     run = CriLifecycles.TestCase
     run.settings = settings(max_examples=LIFECYCLE_EXAMPLES, stateful_step_count=20)
     run().runTest()
+
+
+# -- regressions: what the fuzzer found, as plain tests ----------------------------------------------
+
+
+@pytest.mark.parametrize("huge", ["x" * 65536, "\u00e9" * 65536, "\U0001f600" * 16384])
+async def test_an_error_that_echoes_a_huge_value_keeps_its_code(cri: CriHarness, huge: str) -> None:
+    """Found by fuzzing UpdateRuntimeConfig: the message quoted the whole 64 KiB pod CIDR and the client got
+    RESOURCE_EXHAUSTED (trailing metadata over gRPC's 16 KiB limit) instead of INVALID_ARGUMENT."""
+    request = api.UpdateRuntimeConfigRequest(
+        runtime_config=api.RuntimeConfig(network_config=api.NetworkConfig(pod_cidr=huge)))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await cri.runtime.UpdateRuntimeConfig(request)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+    details = str(info.value.details())
+    assert details.startswith("runtime_config.network_config.pod_cidr ") and "more characters)" in details
+    # the pod CIDR did not change: the next sandbox gets the default pool's first address
+    sid = await cri.run_sandbox()
+    status = await cri.runtime.PodSandboxStatus(api.PodSandboxStatusRequest(pod_sandbox_id=sid))
+    assert status.status.network.ip == "127.77.0.2"
+
+
+async def test_a_long_multibyte_log_directory_is_refused_with_its_code(cri: CriHarness) -> None:
+    """The same limit through a message that echoes at most 4,096 characters: in 2-byte characters that
+    were 36 KiB of percent-encoded trailer."""
+    cfg = cri.sandbox_config(name="long")
+    cfg.log_directory = "\u00e9" * 4000
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await cri.runtime.RunPodSandbox(api.RunPodSandboxRequest(config=cfg))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+    assert "config.log_directory" in str(info.value.details())
