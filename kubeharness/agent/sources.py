@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from kubeharness import fsafe
 from kubeharness.agent.defaults import FILE_SOURCE, HTTP_SOURCE, ManifestError, pods_from_manifest, with_seen
 from kubeharness.agent.model import Pod
 from kubeharness.clock import Clock, seconds_to_ns
@@ -194,17 +193,10 @@ class FileSource(_SetTracker):
         return files
 
     def _read_file(self, file: Path, errors: dict[str, str]) -> list[Pod]:
-        # Unlike kubelet, which follows them anywhere: a symbolic link in a static pod directory may point
-        # only inside it. The file is then opened at its resolved path without following a link, so a link
-        # swapped in after the check is refused too.
-        real = os.path.realpath(file)
-        if file != self.path and not fsafe.inside(real, str(self.path)):
-            errors[str(file)] = f"is a symbolic link to {real}, outside the static pod path {self.path}; not read"
-            return []
+        # A symbolic link is followed wherever it points, as kubelet does: whoever may write into the static
+        # pod path may run any pod (hostPath included), so a link there grants nothing more.
         try:
-            fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            with open(fd, "rb") as stream:
-                data = stream.read()
+            data = file.read_bytes()
             return pods_from_manifest(data, FILE_SOURCE, self.node_name, origin=str(file))
         except OSError as exc:
             errors[str(file)] = f"cannot read: {exc.strerror or exc}"
