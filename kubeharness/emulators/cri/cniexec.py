@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import functools
 import json
 import os
+import shutil
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,11 +78,26 @@ def plugin_error(returncode: int, stdout: bytes, stderr: bytes) -> str:
     return f"{msg}; {details}" if details else msg
 
 
+@functools.cache
+def _dying_with_us() -> tuple[str, ...]:
+    """The command prefix that makes a plugin die with the emulator (SIGKILL when its parent dies, util-linux's
+    ``setpriv``, Essential on Debian): a plugin must not outlive a killed emulator and finish an ADD after the
+    restarted one has undone the setup. Nothing where ``setpriv`` is missing. (The system call from Python,
+    between fork and exec in a threaded process, crashed the child now and then.)"""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or not sys.platform.startswith("linux"):
+        return ()
+    return (setpriv, "--pdeathsig", "KILL", "--")
+
+
 async def run_plugin(executable: str, command: str, config: dict[str, Any], call: Invocation) -> bytes:
     """Run ``executable`` for ``command`` (ADD, DEL, CHECK); its stdout when it succeeds."""
     stdin = json.dumps(config).encode()
+    if not os.access(executable, os.X_OK):  # as the exec itself would fail, before setpriv hides it
+        raise PluginError(f"netplugin failed with no error message: {os.strerror(errno.EACCES)}")
     try:
         process = await asyncio.create_subprocess_exec(
+            *_dying_with_us(),
             executable,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
