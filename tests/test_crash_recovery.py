@@ -15,10 +15,13 @@ from pathlib import Path
 
 import grpc
 
+from kubeharness.clock import VirtualClock
+from kubeharness.emulators.cri.config import CriConfig
 from kubeharness.testing.emulator import PROBE_OPTIONS, CriEmulator
 from kubeharness.testing.processes import wait_gone
 from kubeharness.wire.cri import api_pb2 as cri
 from kubeharness.wire.cri import api_pb2_grpc as cri_grpc
+from tests.conftest import CriHarness
 
 DEADLINE = 60.0
 CNI_PLUGIN = Path(sys.executable).with_name("kubeharness-cni")
@@ -88,3 +91,29 @@ def test_a_kill_between_cni_add_and_the_saved_sandbox_leaks_no_address(tmp_path:
             assert attachments(ipam) == []  # the restarted emulator ran DEL for the setup the kill cut
             marker.unlink()
         assert "undid the network setup" in emulator.log_text()
+
+
+async def test_a_compaction_that_a_new_sandbox_or_container_starts_keeps_it(tmp_path: Path) -> None:
+    """The journal compacts from the live objects; a save that starts a compaction must find the new object
+    among them (it did not: RunPodSandbox and CreateContainer saved before they added)."""
+    harness = CriHarness(root=tmp_path, clock=VirtualClock(), config=CriConfig(journal_compact_lines=1))
+    await harness.start()
+    try:
+        kept: list[str] = []
+        containers: list[str] = []
+        for i in range(12):
+            kept.append(sandbox := await harness.run_sandbox(harness.sandbox_config(f"keep-{i}")))
+            containers.append((await harness.runtime.CreateContainer(cri.CreateContainerRequest(
+                pod_sandbox_id=sandbox, config=cri.ContainerConfig(metadata=cri.ContainerMetadata(name="c"),
+                                                                   image=cri.ImageSpec(image="registry.k8s.io/pause:3.10"))))
+                               ).container_id)
+            for j in range(3):  # churn: the journal grows faster than the live objects, and compacts
+                temp = await harness.run_sandbox(harness.sandbox_config(f"temp-{i}-{j}"))
+                await harness.runtime.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=temp))
+        await harness.restart()
+        listed = await harness.runtime.ListPodSandbox(cri.ListPodSandboxRequest())
+        assert sorted(sb.id for sb in listed.items) == sorted(kept)
+        listed_containers = await harness.runtime.ListContainers(cri.ListContainersRequest())
+        assert sorted(c.id for c in listed_containers.containers) == sorted(containers)
+    finally:
+        await harness.stop()

@@ -51,6 +51,8 @@ class CriConfig:
     serve_ports: bool = True
     # How many finished events GetContainerEvents buffers per slow subscriber before dropping it.
     event_buffer: int = 10_000
+    # Compact the state journal once it holds this many lines (and four times the live records).
+    journal_compact_lines: int = 10_000
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], base_dir: Path | None = None) -> CriConfig:

@@ -63,7 +63,7 @@ class Runtime:
         self.sandbox_list: ListIndex[Sandbox] = ListIndex(sandbox_summary)  # encoded ListPodSandbox entries
         self.container_list: ListIndex[Container] = ListIndex(container_summary)  # encoded ListContainers entries
         self.catalog = Catalog(list(config.images) + DEFAULT_CATALOG)  # the virtual registry
-        self.journal = Journal(state_dir / "state.journal")  # every change, appended
+        self.journal = Journal(state_dir / "state.journal", config.journal_compact_lines)  # every change, appended
         self._saved = self.journal.load()  # what the last run left, until load() takes it
         self.images = ImageStore(self.journal, self._saved.get(ImageStore.KIND, {}).values())  # images on the node
         self.ips = IpPool(config.pod_cidr)  # pod addresses
@@ -156,9 +156,9 @@ class Runtime:
             self.journal.delete(self.SETUP_KIND, sb.id)
 
     def add_sandbox(self, sb: Sandbox) -> None:
-        self.save_sandbox(sb)
-        self.sandboxes.add(sb.id, sb)
+        self.sandboxes.add(sb.id, sb)  # before the save: a compaction it starts must keep the new sandbox
         self.by_sandbox[sb.id] = {}
+        self.save_sandbox(sb)
         self.end_setup(sb)  # after the save: a crash between the two leaves the sandbox, whole
 
     def drop_sandbox(self, sb: Sandbox) -> None:
@@ -170,9 +170,9 @@ class Runtime:
         self.names.release(sb.name)
 
     def add_container(self, c: Container) -> None:
-        self.save_container(c)
-        self.containers.add(c.id, c)
+        self.containers.add(c.id, c)  # before the save: a compaction it starts must keep the new container
         self.by_sandbox.setdefault(c.sandbox_id, {})[c.id] = c
+        self.save_container(c)
 
     def drop_container(self, c: Container) -> None:
         self.journal.delete("container", c.id)

@@ -45,6 +45,8 @@ class CsiConfig:
     used_inodes: int = 1
     # Probe answers ready=false while this is false (a switch for "the driver is starting").
     ready: bool = True
+    # Compact the volume journal once it holds this many lines (and four times the live volumes).
+    journal_compact_lines: int = 10_000
 
     @classmethod
     def load(cls, path: Path) -> CsiConfig:
@@ -81,6 +83,7 @@ class CsiConfig:
                 raise InvalidArgument(f"roots: {root!r} is not an absolute path")
         if not self.node_id:
             raise InvalidArgument("node id must not be empty")
-        for name in ("capacity_bytes", "default_volume_bytes", "max_volumes_per_node", "used_bytes", "inodes"):
+        for name in ("capacity_bytes", "default_volume_bytes", "max_volumes_per_node", "used_bytes", "inodes",
+                     "journal_compact_lines"):
             if getattr(self, name) < 0:
                 raise InvalidArgument(f"{name} must not be negative")

@@ -64,7 +64,7 @@ class CsiServer:
         self.control = ControlServer(faults, fault_control) if faults is not None and fault_control else None
         self.registration_dir = registration_dir
         self._lock = StateDirLock(state_dir, "CSI emulator")
-        self.store = VolumeStore(state_dir)
+        self.store = VolumeStore(state_dir, self.config.journal_compact_lines)
         mounts = RealMounts(state_dir) if self.config.mode == "real" else EmulatedMounts(state_dir)
         self.paths = PathPolicy([*self.config.roots, str(state_dir)])
         self.identity = IdentityService(self.config)

@@ -97,8 +97,8 @@ def volume_id_for(name: str) -> str:
 class VolumeStore:
     """Every volume, by id and by name, written through to the journal on each change."""
 
-    def __init__(self, state_dir: Path) -> None:
-        self.journal = Journal(state_dir / "volumes.journal")
+    def __init__(self, state_dir: Path, compact_lines: int = 10_000) -> None:
+        self.journal = Journal(state_dir / "volumes.journal", compact_lines)
         self.volumes: dict[str, Volume] = {}
         self._by_name: dict[str, str] = {}
         self._busy: set[str] = set()
