@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import grpc
+import pytest
 
 from kubeharness.clock import VirtualClock
 from kubeharness.emulators.cri.config import CriConfig
@@ -42,10 +43,22 @@ def attachments(ipam: Path) -> list[str]:
     return sorted(json.loads(path.read_text())["attachments"]) if path.exists() else []
 
 
-def test_a_kill_between_cni_add_and_the_saved_sandbox_leaks_no_address(tmp_path: Path) -> None:
+def churn(endpoint: str, count: int) -> None:
+    with grpc.insecure_channel(endpoint, options=PROBE_OPTIONS) as channel:
+        stub = cri_grpc.RuntimeServiceStub(channel)
+        for i in range(count):
+            host = cri.PodSandboxConfig(metadata=cri.PodSandboxMetadata(name=f"h{i}", namespace="n", uid=f"h{i}"))
+            host.linux.security_context.namespace_options.network = cri.NODE
+            sandbox = stub.RunPodSandbox(cri.RunPodSandboxRequest(config=host), timeout=DEADLINE).pod_sandbox_id
+            stub.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=sandbox), timeout=DEADLINE)
+
+
+@pytest.mark.parametrize("compacting", [False, True])
+def test_a_kill_between_cni_add_and_the_saved_sandbox_leaks_no_address(tmp_path: Path, compacting: bool) -> None:
     """The emulator killed while a RunPodSandbox's second plugin runs: the first one's ADD took an address.
     The plugin dies with the emulator (else it could finish an ADD after the restarted emulator undid the
-    setup), and the restarted emulator runs DEL for the setup the kill cut."""
+    setup), and the restarted emulator runs DEL for the setup the kill cut. ``compacting``: the journal is
+    compacted while the plugin runs (the setup record must keep saying that DEL is due)."""
     net, bin_dir, ipam, marker = tmp_path / "net.d", tmp_path / "bin", tmp_path / "ipam", tmp_path / "sleeping"
     net.mkdir()
     bin_dir.mkdir()
@@ -55,7 +68,9 @@ def test_a_kill_between_cni_add_and_the_saved_sandbox_leaks_no_address(tmp_path:
     (net / "10-net.conflist").write_text(json.dumps({"cniVersion": "1.1.0", "name": "net", "plugins": [
         {"type": "kubeharness-cni", "ipam": {"ranges": [[{"subnet": "10.79.0.0/24"}]], "dataDir": str(ipam)}},
         {"type": "sleeper"}]}))
-    emulator = CriEmulator(tmp_path / "cri", start_timeout=DEADLINE,
+    cri_config = tmp_path / "cri.yaml"
+    cri_config.write_text("journal_compact_lines: 1\n" if compacting else "{}\n")
+    emulator = CriEmulator(tmp_path / "cri", start_timeout=DEADLINE, config=cri_config,
                            extra_args=["--cni-conf-dir", str(net), "--cni-bin-dir", str(bin_dir)])
     config = cri.PodSandboxConfig(metadata=cri.PodSandboxMetadata(name="p", namespace="n", uid="u"))
     with emulator:
@@ -77,6 +92,9 @@ def test_a_kill_between_cni_add_and_the_saved_sandbox_leaks_no_address(tmp_path:
             time.sleep(0.05)
         sleeper = int(marker.read_text())
         assert len(attachments(ipam)) == 1  # the first plugin's ADD took an address
+        if compacting:  # host-network pods (no CNI) come and go: the journal grows, and compacts
+            churn(emulator.endpoint, 4)
+            assert "compacted" in emulator.log_text()
         emulator.kill()
         gone = wait_gone(sleeper, DEADLINE)  # a plugin does not outlive the emulator that ran it
         if not gone:

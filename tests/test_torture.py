@@ -40,6 +40,7 @@ from kubeharness.wire.csi import csi_pb2_grpc as csi_grpc
 KILLS = int(os.environ.get("KUBEHARNESS_TORTURE_KILLS", "30"))
 SEED = int(os.environ.get("KUBEHARNESS_TORTURE_SEED", "18"))
 WORKERS = 8
+COMPACT_LINES = 64  # the emulators compact their journals often, so kills land in compactions too
 DEADLINE = 60.0  # seconds a restarted daemon may take to answer on a loaded machine
 NODE = "torture-node"
 
@@ -53,7 +54,8 @@ class CsiDaemon:
         self.endpoint = f"unix://{self.socket_dir / 'csi.sock'}"
         self.kubelet = root / "kubelet"
         self.config = root / "csi.yaml"
-        self.config.write_text(f"node_id: {NODE}\nroots: [{str(self.kubelet)!r}]\n")
+        self.config.write_text(f"node_id: {NODE}\nroots: [{str(self.kubelet)!r}]\n"
+                               f"journal_compact_lines: {COMPACT_LINES}\n")
         self.output = root / "csi.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -108,7 +110,7 @@ async def test_cri_emulator_keeps_every_acknowledged_change_across_kills(
     if network == "cni":
         emulator, ipam = cni_emulator(tmp_path)
     else:
-        emulator, ipam = CriEmulator(tmp_path, start_timeout=DEADLINE), None
+        emulator, ipam = CriEmulator(tmp_path, start_timeout=DEADLINE, config=cri_config(tmp_path)), None
     async with emulator:
         torture = Torture(emulator.kill, emulator.start, kills=KILLS, seed=SEED)
         workload = CriWorkload(torture, emulator.endpoint)
@@ -302,9 +304,15 @@ def cni_emulator(root: Path) -> tuple[CriEmulator, Path]:
     ipam = {"ranges": [[{"subnet": "10.78.0.0/24"}]], "dataDir": str(root / "ipam")}
     (net / "10-torture.conflist").write_text(json.dumps({"cniVersion": "1.1.0", "name": "torture",
                                                          "plugins": [{"type": "kubeharness-cni", "ipam": ipam}]}))
-    emulator = CriEmulator(root / "cri", start_timeout=DEADLINE,
+    emulator = CriEmulator(root / "cri", start_timeout=DEADLINE, config=cri_config(root),
                            extra_args=["--cni-conf-dir", str(net), "--cni-bin-dir", str(bin_dir)])
     return emulator, root / "ipam"
+
+
+def cri_config(root: Path) -> Path:
+    path = root / "cri.yaml"
+    path.write_text(f"journal_compact_lines: {COMPACT_LINES}\n")
+    return path
 
 
 def attachments(ipam: Path) -> set[str]:

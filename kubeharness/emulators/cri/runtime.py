@@ -85,7 +85,8 @@ class Runtime:
         self._exit_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self.filesystems: dict[str, Vfs] = {}  # scripted containers' filesystems by container id
         self._exec_pids: dict[str, int] = {}  # the last PID given to an exec, by container id
-        self.setups: dict[str, Sandbox] = {}  # sandboxes whose network setup is in flight or left by a crash
+        # records of sandboxes whose network setup is in flight or left by a crash (as begin_setup saw them)
+        self.setups: dict[str, dict[str, Any]] = {}
         self._min_tick_ns = min_tick_ns
         self._preload()
 
@@ -126,8 +127,8 @@ class Runtime:
             yield "container", c.id, c.to_record()
         for image in self.images:
             yield ImageStore.KIND, image.id, image.to_record()
-        for sb in self.setups.values():
-            yield self.SETUP_KIND, sb.id, sb.to_record()
+        for key, record in self.setups.items():
+            yield self.SETUP_KIND, key, record
         if self.runtime_config.network_config.pod_cidr:
             yield self.NODE_KIND, "pod_cidr", {"pod_cidr": self.runtime_config.network_config.pod_cidr}
 
@@ -146,9 +147,10 @@ class Runtime:
         self.journal.put(self.NODE_KIND, "pod_cidr", {"pod_cidr": cidrs})
 
     def begin_setup(self, sb: Sandbox) -> None:
-        """Record that ``sb``'s network is being set up (its namespace path, if any, already in it)."""
-        self.setups[sb.id] = sb
-        self.journal.put(self.SETUP_KIND, sb.id, sb.to_record())
+        """Record that ``sb``'s network is being set up (its namespace path, if any, already in it); the
+        record is kept as it is now, whatever later happens to ``sb``, also through compactions."""
+        self.setups[sb.id] = record = sb.to_record()
+        self.journal.put(self.SETUP_KIND, sb.id, record)
 
     def end_setup(self, sb: Sandbox) -> None:
         """The setup is over: the sandbox is saved, or what was set up is undone."""
@@ -417,11 +419,10 @@ class Runtime:
             self.by_sandbox[c.sandbox_id][c.id] = c
             self.names.reserve(c.name, c.id)
         for record in saved.get(self.SETUP_KIND, {}).values():
-            sb = Sandbox.from_record(record)
-            if self.sandboxes.find(sb.id) is None:
-                self.setups[sb.id] = sb  # a RunPodSandbox cut by a crash: recover_setups undoes it
+            if self.sandboxes.find(record["id"]) is None:
+                self.setups[record["id"]] = record  # a RunPodSandbox cut by a crash: recover_setups undoes it
             else:
-                self.journal.delete(self.SETUP_KIND, sb.id)
+                self.journal.delete(self.SETUP_KIND, record["id"])
         resumed = 0
         for c in self.containers:
             if c.state == cri.CONTAINER_RUNNING:
@@ -437,7 +438,8 @@ class Runtime:
         the namespace, so no address or namespace leaks. A failed DEL is retried at the next start."""
         from kubeharness.emulators.cri import sandbox_network  # it imports this module
 
-        for sb in list(self.setups.values()):
+        for record in list(self.setups.values()):
+            sb = Sandbox.from_record(record)
             if await sandbox_network.undo_setup(self, sb):
                 self.end_setup(sb)
 
