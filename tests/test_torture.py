@@ -166,7 +166,7 @@ class CniTorture:
 
     def __init__(self, root: Path, kills: int, seed: int) -> None:
         self.conf = {"cniVersion": "1.1.0", "name": "torture", "type": "kubeharness-cni",
-                     "ipam": {"ranges": [[{"subnet": "10.77.0.0/24"}]], "dataDir": str(root / "ipam")}}
+                     "ipam": {"ranges": [[{"subnet": "10.77.0.0/16"}]], "dataDir": str(root / "ipam")}}
         self.kills = kills
         self.seed = seed
         self.ledger = CniLedger()
@@ -207,6 +207,8 @@ class CniTorture:
         while self.ledger.report.kills < self.kills:
             cid = f"w{index}-{n}"
             n += 1
+            with self.ledger.lock:
+                self.ledger.report.lifecycles += 1
             self._call("ADD", cid, rng)
             if rng.random() < 0.7:
                 self._call("DEL", cid, rng)
@@ -301,7 +303,7 @@ def cni_emulator(root: Path) -> tuple[CriEmulator, Path]:
     bin_dir = root / "cni-bin"
     bin_dir.mkdir()
     (bin_dir / "kubeharness-cni").symlink_to(CNI_PLUGIN)
-    ipam = {"ranges": [[{"subnet": "10.78.0.0/24"}]], "dataDir": str(root / "ipam")}
+    ipam = {"ranges": [[{"subnet": "10.78.0.0/16"}]], "dataDir": str(root / "ipam")}
     (net / "10-torture.conflist").write_text(json.dumps({"cniVersion": "1.1.0", "name": "torture",
                                                          "plugins": [{"type": "kubeharness-cni", "ipam": ipam}]}))
     emulator = CriEmulator(root / "cri", start_timeout=DEADLINE, config=cri_config(root),
