@@ -1,9 +1,7 @@
 """Images (pull, status, list, remove, the image filesystem) and container and sandbox stats.
 
 The runtime may be shared with other tests, which use the pause, khelper and busybox images, so removal
-specs remove only ``kubeharness.test/removable`` (two tags of one image that nothing else uses). The two
-specs that pull and remove it share an xdist group (run with ``--dist loadgroup``): on different workers
-one removed the image while the other was about to create a container from it (seen on a loaded machine).
+specs remove only ``kubeharness.test/removable`` (two tags of one image that nothing else uses).
 """
 
 from __future__ import annotations
@@ -139,7 +137,6 @@ async def test_removing_an_image_not_on_the_node_succeeds(target: Target) -> Non
     await remove_image(target, MISSING)
 
 
-@pytest.mark.xdist_group("removable-image")
 async def test_a_removed_image_has_no_status_and_every_tag_of_it_goes(
     target: Target, observe: Observe, latest: str
 ) -> None:
@@ -154,7 +151,6 @@ async def test_a_removed_image_has_no_status_and_every_tag_of_it_goes(
     assert latest not in listed
 
 
-@pytest.mark.xdist_group("removable-image")
 async def test_removing_an_image_a_running_container_uses_succeeds(
     target: Target, observe: Observe, latest: str
 ) -> None:
