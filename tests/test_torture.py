@@ -45,6 +45,19 @@ DEADLINE = 60.0  # seconds a restarted daemon may take to answer on a loaded mac
 NODE = "torture-node"
 
 
+
+def sigkill(process: subprocess.Popen[bytes]) -> None:
+    """Kill ``process`` (ours, by its PID) at once and collect it."""
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(DEADLINE)
+
+
+def terminate(process: subprocess.Popen[bytes] | None) -> None:
+    """Stop ``process`` (ours) with SIGTERM if it still runs, and collect it."""
+    if process is not None and process.poll() is None:
+        process.terminate()
+        process.wait(DEADLINE)
+
 class CsiDaemon:
     """``kubeharness csi serve`` as a process to kill and start again on the same state and socket."""
 
@@ -80,13 +93,10 @@ class CsiDaemon:
 
     def kill(self) -> None:
         assert self.process is not None
-        os.kill(self.process.pid, signal.SIGKILL)
-        self.process.wait(DEADLINE)
+        sigkill(self.process)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(DEADLINE)
+        terminate(self.process)
         for leftover in self.socket_dir.iterdir():
             leftover.unlink()
         self.socket_dir.rmdir()
@@ -359,13 +369,10 @@ class AgentNode:
 
     def kill_agent(self) -> None:
         assert self.agent is not None
-        os.kill(self.agent.pid, signal.SIGKILL)
-        self.agent.wait(DEADLINE)
+        sigkill(self.agent)
 
     def stop_agent(self) -> None:
-        if self.agent is not None and self.agent.poll() is None:
-            self.agent.terminate()
-            self.agent.wait(DEADLINE)
+        terminate(self.agent)
 
     def attachments(self) -> set[str]:
         return attachments(self.ipam)
