@@ -1,7 +1,9 @@
 """Images (pull, status, list, remove, the image filesystem) and container and sandbox stats.
 
 The runtime may be shared with other tests, which use the pause, khelper and busybox images, so removal
-specs remove only ``kubeharness.test/removable`` (two tags of one image that nothing else uses).
+specs remove only ``kubeharness.test/removable`` (two tags of one image that nothing else uses) and
+``kubeharness.test/inuse:1`` (the in-use spec's own: specs run on parallel workers, and one removing the image
+between the other's pull and its CreateContainer made that fail with NOT_FOUND on a loaded machine).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ Observe = Callable[[str, Any], None]
 PAUSE = "registry.k8s.io/pause:3.10"
 LATEST = "kubeharness.test/removable:2"
 OTHER_TAG = "kubeharness.test/removable:1"
+IN_USE = "kubeharness.test/inuse:1"
 MISSING = "kubeharness.test/missing:1"
 LOCAL_IMAGES = [PAUSE, BUSYBOX, KHELPER]
 MIB = 1024 * 1024
@@ -152,25 +155,26 @@ async def test_a_removed_image_has_no_status_and_every_tag_of_it_goes(
 
 
 async def test_removing_an_image_a_running_container_uses_succeeds(
-    target: Target, observe: Observe, latest: str
+    target: Target, observe: Observe
 ) -> None:
+    image_id = await target.pull(IN_USE)
     pod = target.pod("inuse")
     sid = await target.run_pod(pod)
-    cid = await target.create(sid, pod, target.container("inuse", LATEST, command=["sleep", "3600"]))
+    cid = await target.create(sid, pod, target.container("inuse", IN_USE, command=["sleep", "3600"]))
     await target.start(cid)
     code = "OK"
     try:
-        await remove_image(target, LATEST)
+        await remove_image(target, IN_USE)
     except grpc.aio.AioRpcError as err:
         code = code_name(err)
     status = await target.status(cid)
     observe("code", code)
-    observe("image_left", (await image_status(target, LATEST)).HasField("image"))
-    observe("container", [api.ContainerState.Name(status.state), status.image.image, status.image_ref == latest])
+    observe("image_left", (await image_status(target, IN_USE)).HasField("image"))
+    observe("container", [api.ContainerState.Name(status.state), status.image.image, status.image_ref == image_id])
     assert code == "OK"
-    assert not (await image_status(target, LATEST)).HasField("image")
+    assert not (await image_status(target, IN_USE)).HasField("image")
     assert status.state == api.CONTAINER_RUNNING
-    assert status.image_ref == latest
+    assert status.image_ref == image_id
     request = api.ExecSyncRequest(container_id=cid, cmd=["echo", "still"], timeout=10)
     assert (await target.runtime.ExecSync(request, timeout=30)).stdout == b"still\n"
 

@@ -55,6 +55,10 @@ IMAGES = (
     # for specs that remove images on a shared runtime: two tags of an image no other spec uses
     Image("removable", ("kubeharness.test/removable:1", "kubeharness.test/removable:2"),
           ("removable:1", "removable:2"), "busybox", cmd=("sh",), label="kubeharness.image=removable"),
+    # for the spec that removes an image a running container uses: its own image, so that a removal spec
+    # running beside it on another worker cannot take the image away between its pull and its create
+    Image("inuse", ("kubeharness.test/inuse:1",), ("inuse:1",), "busybox", cmd=("sh",),
+          label="kubeharness.image=inuse"),
 )
 MIRRORED_REGISTRIES = ("docker.io", "registry.k8s.io", "kubeharness.test")
 

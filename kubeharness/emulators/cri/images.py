@@ -46,6 +46,8 @@ DEFAULT_CATALOG: list[dict[str, Any]] = [
     # two tags of one image that only image-removal specs use (kubeharness env builds the same)
     {"refs": ["kubeharness.test/removable:1", "kubeharness.test/removable:2"], "size_bytes": 2_155_000,
      "cmd": ["sh"], "kind": "busybox"},
+    # the image only the "remove an image a running container uses" spec pulls and removes
+    {"ref": "kubeharness.test/inuse:1", "size_bytes": 2_155_000, "cmd": ["sh"], "kind": "busybox"},
     # an opaque program (no shell, no files): runs until stopped, dies of SIGTERM (143)
     {"ref": "kubeharness.test/app:1", "size_bytes": 5_000_000, "entrypoint": ["/app"], "user": "0"},
     {"ref": "kubeharness.test/big:1", "size_bytes": 1024**3, "entrypoint": ["/khelper"]},
