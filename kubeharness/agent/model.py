@@ -40,6 +40,75 @@ class ContainerPort:
 
 
 @dataclass(frozen=True)
+class ExecAction:
+    """Run a command in the container (ExecSync); exit 0 succeeds."""
+
+    command: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class HTTPGetAction:
+    """GET ``scheme://host:port/path``; ``port`` is a number or the name of a container port."""
+
+    port: int | str
+    path: str = "/"
+    host: str = ""  # default: the pod IP
+    scheme: str = "HTTP"  # HTTP or HTTPS
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class TCPSocketAction:
+    """Open a TCP connection to ``host:port``."""
+
+    port: int | str
+    host: str = ""
+
+
+@dataclass(frozen=True)
+class GRPCAction:
+    """``grpc.health.v1.Health/Check`` on the pod IP and ``port`` for ``service``."""
+
+    port: int
+    service: str = ""
+
+
+@dataclass(frozen=True)
+class SleepAction:
+    """Sleep (lifecycle hooks only)."""
+
+    seconds: int
+
+
+Handler = ExecAction | HTTPGetAction | TCPSocketAction | GRPCAction | SleepAction
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A liveness, readiness or startup probe, defaulted (kubelet's API defaults)."""
+
+    handler: ExecAction | HTTPGetAction | TCPSocketAction | GRPCAction
+    initial_delay_seconds: int = 0
+    timeout_seconds: int = 1
+    period_seconds: int = 10
+    success_threshold: int = 1
+    failure_threshold: int = 3
+    termination_grace_period_seconds: int | None = None
+
+
+@dataclass(frozen=True)
+class Lifecycle:
+    """postStart and preStop hooks (exec, httpGet or sleep)."""
+
+    post_start: ExecAction | HTTPGetAction | SleepAction | None = None
+    pre_stop: ExecAction | HTTPGetAction | SleepAction | None = None
+
+
+# terminationMessagePolicy values
+TERMINATION_MESSAGE_FILE, TERMINATION_MESSAGE_FALLBACK = "File", "FallbackToLogsOnError"
+
+
+@dataclass(frozen=True)
 class Container:
     """One container of a pod spec (app or init)."""
 
@@ -53,6 +122,12 @@ class Container:
     resources: Resources = field(default_factory=Resources)
     image_pull_policy: str = PULL_IF_NOT_PRESENT
     termination_message_path: str = "/dev/termination-log"
+    termination_message_policy: str = TERMINATION_MESSAGE_FILE
+    liveness_probe: Probe | None = None
+    readiness_probe: Probe | None = None
+    startup_probe: Probe | None = None
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)
+    restart_policy: str = ""  # "Always" on an init container makes it a sidecar (restartable init container)
     tty: bool = False
     stdin: bool = False
     # The container's spec as given: a changed spec (a different hash) means kill and recreate.
