@@ -7,8 +7,12 @@ fields the agent uses, in this order:
 1. API defaults: namespace ``default``, restartPolicy ``Always``, dnsPolicy ``ClusterFirst``,
    terminationGracePeriodSeconds 30, schedulerName, an empty pod securityContext, enableServiceLinks;
    per container imagePullPolicy (``Always`` when the tag is ``latest`` or absent, else ``IfNotPresent``;
-   a digest counts as a tag), terminationMessagePath/Policy, port protocol ``TCP``, requests copied from
-   limits where only limits are given; with hostNetwork, hostPort defaults to containerPort.
+   a digest counts as a tag), terminationMessagePath/Policy (also when given as ``""``), port protocol
+   ``TCP``, requests copied from limits where only limits are given; with hostNetwork, hostPort defaults to
+   containerPort. Probes (``SetDefaults_Probe``): timeoutSeconds 1, periodSeconds 10, successThreshold 1,
+   failureThreshold 3, each also when given as 0 (Go cannot tell 0 from unset); httpGet path ``/`` and
+   scheme ``HTTP`` in probes and hooks; a probe's grpc service ``""`` (a pointer upstream, defaulted
+   declaratively).
 2. Static-pod treatment (sources ``file`` and ``http``): a missing UID is the md5 of
    ``host:<node>file:<path>`` (file) or ``url:<url>`` (http) followed by the canonical JSON (sorted keys,
    no spaces) of the defaulted object; kubelet hashes its Go object instead, so our UIDs are stable and
@@ -37,6 +41,7 @@ from typing import Any
 import yaml
 
 from kubeharness.agent.model import ALWAYS, PULL_ALWAYS, PULL_IF_NOT_PRESENT, Pod
+from kubeharness.agent.probespec import PROBE_KINDS
 from kubeharness.agent.validation import Invalid, canonical, container_hash, to_pod
 from kubeharness.clock import NS_PER_SECOND, Clock
 from kubeharness.errors import InvalidArgument
@@ -54,6 +59,7 @@ CONFIG_SEEN = "kubernetes.io/config.seen"
 CONFIG_SOURCE = "kubernetes.io/config.source"
 
 NO_EXECUTE_TOLERATION = {"operator": "Exists", "effect": "NoExecute"}
+PROBE_DEFAULTS = {"timeoutSeconds": 1, "periodSeconds": 10, "successThreshold": 1, "failureThreshold": 3}
 
 
 class ManifestError(InvalidArgument):
@@ -169,8 +175,11 @@ def _default_pod(raw: dict[str, Any]) -> None:
 def _default_container(c: dict[str, Any], host_network: bool) -> None:
     if not c.get("imagePullPolicy") and isinstance(c.get("image"), str):
         c["imagePullPolicy"] = PULL_ALWAYS if image_tag(c["image"]) == "latest" else PULL_IF_NOT_PRESENT
-    c.setdefault("terminationMessagePath", "/dev/termination-log")
-    c.setdefault("terminationMessagePolicy", "File")
+    if c.get("terminationMessagePath") in (None, ""):
+        c["terminationMessagePath"] = "/dev/termination-log"
+    if c.get("terminationMessagePolicy") in (None, ""):
+        c["terminationMessagePolicy"] = "File"
+    _default_probes(c)
     for port in c.get("ports") or []:
         if isinstance(port, dict):
             port.setdefault("protocol", "TCP")
@@ -182,6 +191,39 @@ def _default_container(c: dict[str, Any], host_network: bool) -> None:
         if isinstance(requests, dict):
             for name, value in resources["limits"].items():
                 requests.setdefault(name, value)
+
+
+def _default_probes(c: dict[str, Any]) -> None:
+    """Probe and hook defaults; values of the wrong type are left for validation to name."""
+    for kind in PROBE_KINDS:
+        probe = c.get(kind)
+        if isinstance(probe, dict):
+            for key, default in PROBE_DEFAULTS.items():
+                if _unset(probe.get(key)):
+                    probe[key] = default
+            _default_handler(probe)
+            grpc = probe.get("grpc")
+            if isinstance(grpc, dict) and grpc.get("service") is None:
+                grpc["service"] = ""
+    hooks = c.get("lifecycle")
+    if isinstance(hooks, dict):
+        for hook in (hooks.get("postStart"), hooks.get("preStop")):
+            if isinstance(hook, dict):
+                _default_handler(hook)
+
+
+def _default_handler(handler: dict[str, Any]) -> None:
+    http = handler.get("httpGet")
+    if isinstance(http, dict):
+        if http.get("path") in (None, ""):
+            http["path"] = "/"
+        if http.get("scheme") in (None, ""):
+            http["scheme"] = "HTTP"
+
+
+def _unset(value: object) -> bool:
+    """Absent, null or 0 (not False, which is no integer), as Go's int32 zero value."""
+    return value is None or (type(value) is int and value == 0)
 
 
 def image_tag(image: str) -> str:

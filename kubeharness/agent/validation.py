@@ -2,9 +2,10 @@
 
 :func:`~kubeharness.agent.defaults.pod_from_object` defaults a manifest and gives it the static-pod
 treatment, then calls :func:`to_pod` here, which checks what kubelet validates for the fields the agent
-uses and builds the model. A problem raises :class:`Invalid` with the field path; ``defaults`` adds the
-origin (file or URL) and raises a ``ManifestError``. ``defaults`` uses :class:`Invalid` and
-:func:`canonical` for its own steps too.
+uses and builds the model. A problem raises :class:`Invalid` (:mod:`.apifields`) with the field path;
+``defaults`` adds the origin (file or URL) and raises a ``ManifestError``. ``defaults`` uses :class:`Invalid`
+and :func:`canonical` for its own steps too. Probes, lifecycle hooks, terminationMessagePolicy and the
+sidecar restartPolicy are read by :mod:`.probespec`, with the API server's rules and wording.
 
 Each container gets ``spec_hash`` (:func:`container_hash`): the first 16 hex digits of the sha256 of its
 defaulted spec as canonical JSON, so any change of any of its fields (image, command, env, resources,
@@ -21,6 +22,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from kubeharness.agent.apifields import Invalid
+from kubeharness.agent.apifields import typed as _typed
 from kubeharness.agent.model import (
     ALWAYS,
     NEVER,
@@ -35,6 +38,7 @@ from kubeharness.agent.model import (
     PodSpec,
     Resources,
 )
+from kubeharness.agent.probespec import container_fields
 from kubeharness.agent.quantity import parse_resource
 from kubeharness.errors import InvalidArgument
 
@@ -46,15 +50,7 @@ RESTART_POLICIES = (ALWAYS, ON_FAILURE, NEVER)
 PULL_POLICIES = (PULL_ALWAYS, PULL_IF_NOT_PRESENT, PULL_NEVER)
 DNS_POLICIES = ("ClusterFirst", "ClusterFirstWithHostNet", "Default", "None")
 PROTOCOLS = ("TCP", "UDP", "SCTP")
-
-
-class Invalid(Exception):
-    """A problem with the field path, raised while defaulting and validating; wrapped into a ManifestError."""
-
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field}: {problem}")
-        self.field = field
-        self.problem = problem
+__all__ = ["Invalid", "canonical", "container_hash", "to_pod"]
 
 
 def container_hash(container: Mapping[str, Any]) -> str:
@@ -71,15 +67,18 @@ def to_pod(raw: dict[str, Any], uid: str, source: str) -> Pod:
     """The typed pod of a defaulted raw object that had the static-pod treatment; raises :class:`Invalid`."""
     meta, spec = raw["metadata"], raw["spec"]
     name = meta["name"]
-    if len(name) > 253 or not _DNS_SUBDOMAIN.match(name):
+    if len(name) > 253 or not _DNS_SUBDOMAIN.fullmatch(name):
         raise Invalid("metadata.name", f"{name!r} is not a DNS subdomain (lower-case alphanumerics, '-', '.')")
     namespace = _typed(meta, "namespace", str, "metadata")
-    if len(namespace) > 63 or not _DNS_LABEL.match(namespace):
+    if len(namespace) > 63 or not _DNS_LABEL.fullmatch(namespace):
         raise Invalid("metadata.namespace", f"{namespace!r} is not a DNS label")
     labels = _string_map(meta, "labels", "metadata")
     annotations = _string_map(meta, "annotations", "metadata")
-    init = _containers(spec, "initContainers", required=False)
-    app = _containers(spec, "containers", required=True)
+    grace = _typed(spec, "terminationGracePeriodSeconds", int, "spec")
+    if grace < 0:
+        raise Invalid("spec.terminationGracePeriodSeconds", f"must be non-negative, got {grace}")
+    init = _containers(spec, "initContainers", grace, required=False)
+    app = _containers(spec, "containers", grace, required=True)
     seen: set[str] = set()
     for path, c in [(f"spec.initContainers[{i}]", c) for i, c in enumerate(init)] + \
             [(f"spec.containers[{i}]", c) for i, c in enumerate(app)]:
@@ -93,16 +92,13 @@ def to_pod(raw: dict[str, Any], uid: str, source: str) -> Pod:
                 if port.host_port != port.container_port:
                     raise Invalid(f"{path}.ports[{j}].hostPort", "must equal containerPort with hostNetwork")
     security = _typed(spec, "securityContext", dict, "spec", {})
-    grace = _typed(spec, "terminationGracePeriodSeconds", int, "spec")
-    if grace < 0:
-        raise Invalid("spec.terminationGracePeriodSeconds", f"must be non-negative, got {grace}")
     deadline = _typed(spec, "activeDeadlineSeconds", int, "spec", None)
     if deadline is not None and deadline < 1:
         raise Invalid("spec.activeDeadlineSeconds", f"must be at least 1, got {deadline}")
     hostname = _typed(spec, "hostname", str, "spec", "")
     subdomain = _typed(spec, "subdomain", str, "spec", "")
     for key, value in (("hostname", hostname), ("subdomain", subdomain)):
-        if value and (len(value) > 63 or not _DNS_LABEL.match(value)):
+        if value and (len(value) > 63 or not _DNS_LABEL.fullmatch(value)):
             raise Invalid(f"spec.{key}", f"{value!r} is not a DNS label")
     groups = _typed(security, "supplementalGroups", list, "spec.securityContext", [])
     pod_spec = PodSpec(
@@ -129,24 +125,27 @@ def to_pod(raw: dict[str, Any], uid: str, source: str) -> Pod:
                source=source, raw=raw)
 
 
-def _containers(spec: dict[str, Any], key: str, *, required: bool) -> tuple[Container, ...]:
+def _containers(spec: dict[str, Any], key: str, grace: int, *, required: bool) -> tuple[Container, ...]:
     items = spec.get(key) or []
     if required and not items:
         raise Invalid(f"spec.{key}", "required: a pod needs at least one container")
-    return tuple(_container(c, f"spec.{key}[{i}]") for i, c in enumerate(items))
+    init = key == "initContainers"
+    return tuple(_container(c, f"spec.{key}[{i}]", init, grace) for i, c in enumerate(items))
 
 
-def _container(c: dict[str, Any], path: str) -> Container:
+def _container(c: dict[str, Any], path: str, init: bool, grace: int) -> Container:
     name = c.get("name")
     if not isinstance(name, str) or not name:
         raise Invalid(f"{path}.name", "required")
-    if len(name) > 63 or not _DNS_LABEL.match(name):
+    if len(name) > 63 or not _DNS_LABEL.fullmatch(name):
         raise Invalid(f"{path}.name", f"{name!r} is not a DNS label")
     image = c.get("image")
     if not isinstance(image, str) or not image.strip():
         raise Invalid(f"{path}.image", "required")
     if "envFrom" in c:
         raise Invalid(f"{path}.envFrom", "not supported: the agent has no API server to read ConfigMaps or Secrets")
+    ports = tuple(_port(p, f"{path}.ports[{i}]") for i, p in enumerate(_typed(c, "ports", list, path, [])))
+    fields = container_fields(c, path, init=init, grace_seconds=grace)
     return Container(
         name=name,
         image=image,
@@ -154,10 +153,16 @@ def _container(c: dict[str, Any], path: str) -> Container:
         args=_strings(c, "args", path),
         working_dir=_typed(c, "workingDir", str, path, ""),
         env=tuple(_env(e, f"{path}.env[{i}]") for i, e in enumerate(_typed(c, "env", list, path, []))),
-        ports=tuple(_port(p, f"{path}.ports[{i}]") for i, p in enumerate(_typed(c, "ports", list, path, []))),
+        ports=ports,
         resources=_resources(_typed(c, "resources", dict, path, {}), f"{path}.resources"),
         image_pull_policy=_choice(c, "imagePullPolicy", PULL_POLICIES, path),
         termination_message_path=_typed(c, "terminationMessagePath", str, path),
+        termination_message_policy=fields.termination_message_policy,
+        liveness_probe=fields.liveness_probe,
+        readiness_probe=fields.readiness_probe,
+        startup_probe=fields.startup_probe,
+        lifecycle=fields.lifecycle,
+        restart_policy=fields.restart_policy,
         tty=_typed(c, "tty", bool, path, False),
         stdin=_typed(c, "stdin", bool, path, False),
         spec_hash=container_hash(c),
@@ -187,7 +192,7 @@ def _port(p: object, path: str) -> ContainerPort:
     if not 0 <= host <= 65535:
         raise Invalid(f"{path}.hostPort", f"must be between 0 and 65535, got {host}")
     name = _typed(p, "name", str, path, "")
-    if name and (len(name) > 15 or not _PORT_NAME.match(name) or not re.search("[a-z]", name)):
+    if name and (len(name) > 15 or not _PORT_NAME.fullmatch(name) or not re.search("[a-z]", name) or "--" in name):
         raise Invalid(f"{path}.name", f"{name!r} is not a port name (at most 15 lower-case alphanumerics or '-')")
     return ContainerPort(container_port=number, protocol=_choice(p, "protocol", PROTOCOLS, path), name=name,
                          host_port=host)
@@ -204,18 +209,6 @@ def _resources(r: dict[str, Any], path: str) -> Resources:
 
 
 # ---- small typed readers
-
-
-def _typed(obj: Mapping[str, Any], key: str, kind: type, path: str, default: Any = ...) -> Any:
-    value = obj.get(key)
-    if value is None:
-        if default is ...:
-            raise Invalid(f"{path}.{key}", "required")
-        return default
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        names = {int: "an integer", str: "a string", bool: "true or false", list: "a list", dict: "an object"}
-        raise Invalid(f"{path}.{key}", f"must be {names.get(kind, kind.__name__)}, got {value!r}")
-    return value
 
 
 def _choice(obj: Mapping[str, Any], key: str, allowed: tuple[str, ...], path: str) -> str:
