@@ -9,8 +9,10 @@
  *   500ms, 2s, 1m, 1h or bare seconds); a malformed flag prints "khelper: <why>" and the usage line
  *   on stderr and exits 2. Otherwise one single-threaded event loop (ppoll + CLOCK_MONOTONIC) writes
  *   log line n (1-based) at start + (n-1)/rate as "<text> <n>" padded with " xxx..." to
- *   --log-line-bytes, one write() per line; grows memory; burns CPU in a duty cycle; serves HTTP and
- *   TCP; and exits after --exit-after, or --sigterm-delay after SIGTERM. Lines due at or after the
+ *   --log-line-bytes, one write() per line; grows memory; burns CPU in a duty cycle; serves HTTP
+ *   (health, /redirect, /status, /hang: the answers of kubeharness/emulators/cri/httpanswers.py, byte
+ *   for byte), TCP and gRPC health (a small HTTP/2 server, see below; the emulator's is grpchealth.py);
+ *   and exits after --exit-after, or --sigterm-delay after SIGTERM. Lines due at or after the
  *   instant of the exit are never written, lines due before it always are (as in the emulator).
  *   No threads: the loop itself burns up to 1000 millicores; each further (part of a) core is burnt by
  *   a forked process (at most one per further online CPU) that dies with its parent (PR_SET_PDEATHSIG).
@@ -37,6 +39,7 @@
 #include <inttypes.h>
 #include <math.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -63,8 +66,8 @@
 static const char USAGE[] =
     "usage: " HELPER " [--exit-after=D] [--exit-code=N] [--log-rate=N] [--log-count=N] [--log-stream=S] "
     "[--log-line-bytes=N] [--log-text=T] [--ready-after=D] [--unhealthy-after=D] [--http-port=N] [--tcp-port=N] "
-    "[--memory-mib=M] [--memory-mib-per-second=R] [--cpu-millicores=N] [--disk-mib=N] [--ignore-sigterm] "
-    "[--sigterm-exit-code=N] [--sigterm-delay=D]";
+    "[--grpc-port=N] [--grpc-service=NAME] [--memory-mib=M] [--memory-mib-per-second=R] [--cpu-millicores=N] "
+    "[--disk-mib=N] [--ignore-sigterm] [--sigterm-exit-code=N] [--sigterm-delay=D]";
 
 /* ---------------------------------------------------------------------------------------------- */
 /* small utilities                                                                                */
@@ -493,8 +496,9 @@ struct config {
     int64_t ready_after_ns;
     bool has_unhealthy_after;
     int64_t unhealthy_after_ns;
-    bool has_http_port, has_tcp_port;
-    struct pyint http_port, tcp_port;
+    bool has_http_port, has_tcp_port, has_grpc_port;
+    struct pyint http_port, tcp_port, grpc_port;
+    const char *grpc_service; /* NULL: only the empty service name is known */
     double memory_mib, memory_mib_per_second;
     uint64_t cpu_millicores;
     double disk_mib;
@@ -508,7 +512,7 @@ enum kind { K_INT, K_FLOAT, K_DURATION, K_STR, K_BOOL };
 
 enum flag_id {
     F_EXIT_AFTER, F_EXIT_CODE, F_LOG_RATE, F_LOG_COUNT, F_LOG_STREAM, F_LOG_LINE_BYTES, F_LOG_TEXT, F_READY_AFTER,
-    F_UNHEALTHY_AFTER, F_HTTP_PORT, F_TCP_PORT, F_MEMORY_MIB, F_MEMORY_MIB_PER_SECOND, F_CPU_MILLICORES, F_DISK_MIB,
+    F_UNHEALTHY_AFTER, F_HTTP_PORT, F_TCP_PORT, F_GRPC_PORT, F_GRPC_SERVICE, F_MEMORY_MIB, F_MEMORY_MIB_PER_SECOND, F_CPU_MILLICORES, F_DISK_MIB,
     F_IGNORE_SIGTERM, F_SIGTERM_EXIT_CODE, F_SIGTERM_DELAY,
 };
 
@@ -528,6 +532,8 @@ static const struct {
     {"--unhealthy-after", K_DURATION, F_UNHEALTHY_AFTER},
     {"--http-port", K_INT, F_HTTP_PORT},
     {"--tcp-port", K_INT, F_TCP_PORT},
+    {"--grpc-port", K_INT, F_GRPC_PORT},
+    {"--grpc-service", K_STR, F_GRPC_SERVICE},
     {"--memory-mib", K_FLOAT, F_MEMORY_MIB},
     {"--memory-mib-per-second", K_FLOAT, F_MEMORY_MIB_PER_SECOND},
     {"--cpu-millicores", K_INT, F_CPU_MILLICORES},
@@ -618,6 +624,8 @@ static char *parse_flags(int n, char **argv, struct config *cfg) {
         case F_UNHEALTHY_AFTER: cfg->has_unhealthy_after = true; cfg->unhealthy_after_ns = ns; break;
         case F_HTTP_PORT: cfg->has_http_port = true; cfg->http_port = num; break;
         case F_TCP_PORT: cfg->has_tcp_port = true; cfg->tcp_port = num; break;
+        case F_GRPC_PORT: cfg->has_grpc_port = true; cfg->grpc_port = num; break;
+        case F_GRPC_SERVICE: cfg->grpc_service = value; break;
         case F_MEMORY_MIB: cfg->memory_mib = real; break;
         case F_MEMORY_MIB_PER_SECOND: cfg->memory_mib_per_second = real; break;
         case F_CPU_MILLICORES: cfg->cpu_millicores = num.value; break;
@@ -642,6 +650,10 @@ static char *parse_flags(int n, char **argv, struct config *cfg) {
     }
     if (cfg->has_tcp_port && !(cfg->tcp_port.value > 0 && cfg->tcp_port.value < 65536)) {
         sb_addf(&err, "invalid value %s for flag --tcp-port", cfg->tcp_port.digits);
+        return err.p;
+    }
+    if (cfg->has_grpc_port && !(cfg->grpc_port.value > 0 && cfg->grpc_port.value < 65536)) {
+        sb_addf(&err, "invalid value %s for flag --grpc-port", cfg->grpc_port.digits);
         return err.p;
     }
     if (cfg->exit_code > 255) {
@@ -987,33 +999,904 @@ static size_t memory_bytes_at(const struct config *cfg, int64_t running_ns) {
     return bytes >= 1.8e19 ? SIZE_MAX : (size_t)bytes;
 }
 
-/* Connections being served. */
+/* ---------------------------------------------------------------------------------------------- */
+/* HTTP/1 answers (kubeharness/emulators/cri/listeners.py answers alike, byte for byte)           */
+
+/* The reason phrase of an HTTP status code (RFC 9110 and friends); "Unknown" for any other code. */
+static const char *reason_phrase(int code) {
+    static const struct {
+        int code;
+        const char *text;
+    } reasons[] = {
+        {100, "Continue"}, {101, "Switching Protocols"}, {102, "Processing"}, {103, "Early Hints"},
+        {200, "OK"}, {201, "Created"}, {202, "Accepted"}, {203, "Non-Authoritative Information"},
+        {204, "No Content"}, {205, "Reset Content"}, {206, "Partial Content"}, {207, "Multi-Status"},
+        {300, "Multiple Choices"}, {301, "Moved Permanently"}, {302, "Found"}, {303, "See Other"},
+        {304, "Not Modified"}, {305, "Use Proxy"}, {307, "Temporary Redirect"}, {308, "Permanent Redirect"},
+        {400, "Bad Request"}, {401, "Unauthorized"}, {402, "Payment Required"}, {403, "Forbidden"},
+        {404, "Not Found"}, {405, "Method Not Allowed"}, {406, "Not Acceptable"},
+        {407, "Proxy Authentication Required"}, {408, "Request Timeout"}, {409, "Conflict"}, {410, "Gone"},
+        {411, "Length Required"}, {412, "Precondition Failed"}, {413, "Content Too Large"},
+        {414, "URI Too Long"}, {415, "Unsupported Media Type"}, {416, "Range Not Satisfiable"},
+        {417, "Expectation Failed"}, {421, "Misdirected Request"}, {422, "Unprocessable Content"},
+        {425, "Too Early"}, {426, "Upgrade Required"}, {428, "Precondition Required"},
+        {429, "Too Many Requests"}, {431, "Request Header Fields Too Large"},
+        {451, "Unavailable For Legal Reasons"}, {500, "Internal Server Error"}, {501, "Not Implemented"},
+        {502, "Bad Gateway"}, {503, "Service Unavailable"}, {504, "Gateway Timeout"},
+        {505, "HTTP Version Not Supported"}, {507, "Insufficient Storage"},
+        {511, "Network Authentication Required"},
+    };
+    for (size_t i = 0; i < sizeof reasons / sizeof reasons[0]; i++)
+        if (reasons[i].code == code)
+            return reasons[i].text;
+    return "Unknown";
+}
+
+/* One answer: the status line, a Location when given, the body unless HEAD (1xx, 204 and 304 have
+ * neither body nor Content-Length), and the connection closes. */
+static void http_answer_with(struct sb *out, int code, const char *location, size_t location_len, const char *body,
+                             bool head) {
+    sb_addf(out, "HTTP/1.0 %d %s\r\n", code, reason_phrase(code));
+    if (location) {
+        sb_add(out, "Location: ");
+        sb_addn(out, location, location_len);
+        sb_add(out, "\r\n");
+    }
+    sb_add(out, "Content-Type: text/plain; charset=utf-8\r\n");
+    bool bodiless = code < 200 || code == 204 || code == 304;
+    if (!bodiless)
+        sb_addf(out, "Content-Length: %zu\r\n", strlen(body));
+    sb_add(out, "Connection: close\r\n\r\n");
+    if (!bodiless && !head)
+        sb_add(out, body);
+}
+
+static int hex_value(char c) {
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* %XX escapes decoded into out (room for n bytes); anything else, a broken escape too, kept as it is. */
+static size_t percent_decode(const char *s, size_t n, char *out) {
+    size_t w = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '%' && i + 2 < n && hex_value(s[i + 1]) >= 0 && hex_value(s[i + 2]) >= 0) {
+            out[w++] = (char)(hex_value(s[i + 1]) * 16 + hex_value(s[i + 2]));
+            i += 2;
+        } else {
+            out[w++] = s[i];
+        }
+    }
+    return w;
+}
+
+/* The raw value of the first query parameter called `name` ("a&b=1": a is "", b is "1"). */
+static bool query_param(const char *q, size_t qn, const char *name, const char **value, size_t *value_len) {
+    size_t name_len = strlen(name);
+    const char *end = q + qn;
+    while (q <= end) {
+        const char *amp = memchr(q, '&', (size_t)(end - q));
+        const char *part_end = amp ? amp : end;
+        const char *eq = memchr(q, '=', (size_t)(part_end - q));
+        const char *key_end = eq ? eq : part_end;
+        if ((size_t)(key_end - q) == name_len && memcmp(q, name, name_len) == 0) {
+            *value = eq ? eq + 1 : part_end;
+            *value_len = (size_t)(part_end - *value);
+            return true;
+        }
+        if (!amp)
+            break;
+        q = amp + 1;
+    }
+    return false;
+}
+
+static bool bytes_are(const char *s, size_t n, const char *word) {
+    return n == strlen(word) && memcmp(s, word, n) == 0;
+}
+
+/* The answer to a request (its first line decides, any method): GET /redirect?loc=L is a 302 to L
+ * (percent-decoded), /status?code=N answers N (100-599), /hang gets no answer at all (false), any
+ * other path the health answer. */
+static bool http_answer(const char *req, size_t len, bool healthy, struct sb *out) {
+    bool head = len >= 5 && memcmp(req, "HEAD ", 5) == 0;
+    const char *nl = memchr(req, '\n', len);
+    size_t line_len = nl ? (size_t)(nl - req) : len;
+    if (line_len > 0 && req[line_len - 1] == '\r')
+        line_len--;
+    const char *sp = memchr(req, ' ', line_len);
+    const char *target = sp ? sp + 1 : req + line_len;
+    const char *line_end = req + line_len;
+    const char *target_end = memchr(target, ' ', (size_t)(line_end - target));
+    if (!target_end)
+        target_end = line_end;
+    const char *qmark = memchr(target, '?', (size_t)(target_end - target));
+    const char *path_end = qmark ? qmark : target_end;
+    const char *query = qmark ? qmark + 1 : target_end;
+    size_t path_len = (size_t)(path_end - target), query_len = (size_t)(target_end - query);
+    const char *raw;
+    size_t raw_len;
+    if (bytes_are(target, path_len, "/hang"))
+        return false;
+    if (bytes_are(target, path_len, "/redirect")) {
+        if (!query_param(query, query_len, "loc", &raw, &raw_len) || raw_len == 0) {
+            http_answer_with(out, 400, NULL, 0, "missing loc\n", head);
+            return true;
+        }
+        char *loc = xmalloc(raw_len);
+        size_t loc_len = percent_decode(raw, raw_len, loc);
+        bool clean = true;
+        for (size_t i = 0; i < loc_len; i++)
+            if ((unsigned char)loc[i] < 0x20 || loc[i] == 0x7F)
+                clean = false;
+        if (clean)
+            http_answer_with(out, 302, loc, loc_len, "found\n", head);
+        else
+            http_answer_with(out, 400, NULL, 0, "invalid loc\n", head);
+        free(loc);
+        return true;
+    }
+    if (bytes_are(target, path_len, "/status")) {
+        int code = -1;
+        if (query_param(query, query_len, "code", &raw, &raw_len)) {
+            char *text = xmalloc(raw_len);
+            size_t text_len = percent_decode(raw, raw_len, text);
+            long value = text_len > 0 ? 0 : -1;
+            for (size_t i = 0; i < text_len && value >= 0; i++) {
+                if (text[i] < '0' || text[i] > '9')
+                    value = -1;
+                else if (value < 1000)
+                    value = value * 10 + (text[i] - '0');
+            }
+            free(text);
+            if (value >= 100 && value <= 599)
+                code = (int)value;
+        }
+        if (code < 0) {
+            http_answer_with(out, 400, NULL, 0, "invalid code\n", head);
+        } else {
+            char body[32];
+            snprintf(body, sizeof body, "status %d\n", code);
+            http_answer_with(out, code, NULL, 0, body, head);
+        }
+        return true;
+    }
+    http_answer_with(out, healthy ? 200 : 503, NULL, 0, healthy ? "ok\n" : "unhealthy\n", head);
+    return true;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* HPACK (RFC 7541): the decoder a gRPC server needs to read :path                                */
+/*
+ * Why a full decoder: gRPC clients (grpc-go in kubelet, grpc core in grpcio) send :path as a literal
+ * with incremental indexing, its value Huffman-coded, on the first request of a connection, and as an
+ * index into the dynamic table on the next ones; the table also holds their other headers, whose
+ * sizes decide evictions. Guessing the path from the raw bytes would work for one client's first
+ * request at best, so the static table, the dynamic table and the Huffman code are implemented.
+ * Our own answers use literals without indexing and without Huffman coding, which any decoder reads.
+ */
+
+static const char *const HPACK_STATIC[61][2] = {
+    {":authority", ""}, {":method", "GET"}, {":method", "POST"}, {":path", "/"}, {":path", "/index.html"},
+    {":scheme", "http"}, {":scheme", "https"}, {":status", "200"}, {":status", "204"}, {":status", "206"},
+    {":status", "304"}, {":status", "400"}, {":status", "404"}, {":status", "500"}, {"accept-charset", ""},
+    {"accept-encoding", "gzip, deflate"}, {"accept-language", ""}, {"accept-ranges", ""}, {"accept", ""},
+    {"access-control-allow-origin", ""}, {"age", ""}, {"allow", ""}, {"authorization", ""},
+    {"cache-control", ""}, {"content-disposition", ""}, {"content-encoding", ""}, {"content-language", ""},
+    {"content-length", ""}, {"content-location", ""}, {"content-range", ""}, {"content-type", ""},
+    {"cookie", ""}, {"date", ""}, {"etag", ""}, {"expect", ""}, {"expires", ""}, {"from", ""}, {"host", ""},
+    {"if-match", ""}, {"if-modified-since", ""}, {"if-none-match", ""}, {"if-range", ""},
+    {"if-unmodified-since", ""}, {"last-modified", ""}, {"link", ""}, {"location", ""}, {"max-forwards", ""},
+    {"proxy-authenticate", ""}, {"proxy-authorization", ""}, {"range", ""}, {"referer", ""}, {"refresh", ""},
+    {"retry-after", ""}, {"server", ""}, {"set-cookie", ""}, {"strict-transport-security", ""},
+    {"transfer-encoding", ""}, {"user-agent", ""}, {"vary", ""}, {"via", ""}, {"www-authenticate", ""},
+};
+
+/* The Huffman code's length in bits for each symbol 0-255 and EOS (256), from RFC 7541 Appendix B.
+ * The code is canonical (codes of one length are consecutive, in symbol order, and each length
+ * starts where the shorter ones ended, shifted), so the lengths alone define every code. */
+static const unsigned char HUFFMAN_BITS[257] = {
+    13, 23, 28, 28, 28, 28, 28, 28, 28, 24, 30, 28, 28, 30, 28, 28, 28, 28, 28, 28, 28, 28, 30, 28, 28, 28, 28, 28,
+    28, 28, 28, 28, 6,  10, 10, 12, 13, 6,  8,  11, 10, 10, 8,  11, 8,  6,  6,  6,  5,  5,  5,  6,  6,  6,  6,  6,
+    6,  6,  7,  8,  15, 6,  12, 10, 13, 6,  7,  7,  7,  7,  7,  7,  7,  7,  7,  7,  7,  7,  7,  7,  7,  7,  7,  7,
+    7,  7,  7,  7,  8,  7,  8,  13, 19, 13, 14, 6,  15, 5,  6,  5,  6,  5,  6,  6,  6,  5,  7,  7,  6,  6,  6,  5,
+    6,  7,  6,  5,  5,  6,  7,  7,  7,  7,  7,  15, 11, 14, 13, 28, 20, 22, 20, 20, 22, 22, 22, 23, 22, 23, 23, 23,
+    23, 23, 24, 23, 24, 24, 22, 23, 24, 23, 23, 23, 23, 21, 22, 23, 22, 23, 23, 24, 22, 21, 20, 22, 22, 23, 23, 21,
+    23, 22, 22, 24, 21, 22, 23, 23, 21, 21, 22, 21, 23, 22, 23, 23, 20, 22, 22, 22, 23, 22, 22, 23, 26, 26, 20, 19,
+    22, 23, 22, 25, 26, 26, 26, 27, 27, 26, 24, 25, 19, 21, 26, 27, 27, 26, 27, 24, 21, 21, 26, 26, 28, 27, 27, 27,
+    20, 24, 20, 21, 22, 21, 21, 23, 22, 22, 25, 25, 24, 24, 26, 23, 26, 27, 26, 26, 27, 27, 27, 27, 27, 28, 27, 27,
+    27, 27, 27, 26, 30,
+};
+
+/* Canonical decoding tables: per length, how many codes, the first code and where its symbols start. */
+static struct {
+    bool built;
+    uint32_t count[31], first[31], offset[31];
+    uint16_t symbols[257];
+} huff;
+
+static void huffman_build(void) {
+    uint32_t n = 0, code = 0;
+    for (unsigned len = 1; len <= 30; len++) {
+        huff.first[len] = code;
+        huff.offset[len] = n;
+        for (unsigned s = 0; s < 257; s++)
+            if (HUFFMAN_BITS[s] == len)
+                huff.symbols[n++] = (uint16_t)s;
+        huff.count[len] = n - huff.offset[len];
+        code = (code + huff.count[len]) << 1;
+    }
+    huff.built = true;
+}
+
+/* Decode n Huffman-coded bytes into out (room for n * 8 / 5 + 1); -1 for EOS, or padding that is longer
+ * than 7 bits or not all ones, which RFC 7541 5.2 makes a decoding error. */
+static long huffman_decode(const unsigned char *in, size_t n, char *out) {
+    if (!huff.built)
+        huffman_build();
+    size_t w = 0;
+    uint32_t code = 0, len = 0;
+    for (size_t i = 0; i < n; i++) {
+        for (int bit = 7; bit >= 0; bit--) {
+            code = (code << 1) | ((in[i] >> bit) & 1u);
+            len++;
+            if (len > 30)
+                return -1;
+            if (code - huff.first[len] < huff.count[len] && code >= huff.first[len]) {
+                uint16_t sym = huff.symbols[huff.offset[len] + code - huff.first[len]];
+                if (sym == 256)
+                    return -1;
+                out[w++] = (char)sym;
+                code = len = 0;
+            }
+        }
+    }
+    if (len > 7 || code != (1u << len) - 1)
+        return -1;
+    return (long)w;
+}
+
+enum { HPACK_TABLE_MAX = 4096, HPACK_STRING_MAX = 8192, PATH_MAX_BYTES = 1024 };
+
+struct hpack_entry {
+    char *name, *value;
+    size_t name_len, value_len;
+};
+
+/* The dynamic table, newest entry first. */
+struct hpack {
+    struct hpack_entry entries[HPACK_TABLE_MAX / 32];
+    size_t n, size, max_size;
+};
+
+static void hpack_evict_to(struct hpack *t, size_t size) {
+    while (t->n > 0 && t->size > size) {
+        struct hpack_entry *e = &t->entries[--t->n];
+        t->size -= e->name_len + e->value_len + 32;
+        free(e->name);
+        free(e->value);
+    }
+}
+
+static void hpack_free(struct hpack *t) { hpack_evict_to(t, 0); }
+
+static void hpack_insert(struct hpack *t, const char *name, size_t name_len, const char *value, size_t value_len) {
+    size_t size = name_len + value_len + 32;
+    hpack_evict_to(t, size > t->max_size ? 0 : t->max_size - size);
+    if (size > t->max_size)
+        return; /* an entry larger than the table empties it and is not added (RFC 7541 4.4) */
+    memmove(&t->entries[1], &t->entries[0], t->n * sizeof t->entries[0]);
+    struct hpack_entry *e = &t->entries[0];
+    e->name = xmalloc(name_len);
+    memcpy(e->name, name, name_len);
+    e->value = xmalloc(value_len);
+    memcpy(e->value, value, value_len);
+    e->name_len = name_len;
+    e->value_len = value_len;
+    t->n++;
+    t->size += size;
+}
+
+/* An integer with an N-bit prefix (RFC 7541 5.1); false when truncated or beyond 2^28. */
+static bool hpack_int(const unsigned char **p, const unsigned char *end, unsigned prefix_bits, uint32_t *out) {
+    if (*p >= end)
+        return false;
+    uint32_t mask = (1u << prefix_bits) - 1, v = **p & mask;
+    (*p)++;
+    if (v < mask) {
+        *out = v;
+        return true;
+    }
+    for (unsigned shift = 0; shift <= 21; shift += 7) {
+        if (*p >= end)
+            return false;
+        unsigned char b = *(*p)++;
+        v += (uint32_t)(b & 0x7F) << shift;
+        if (!(b & 0x80)) {
+            *out = v;
+            return true;
+        }
+    }
+    return false;
+}
+
+/* A string literal (RFC 7541 5.2) into buf (HPACK_STRING_MAX * 8 / 5 + 1 bytes); its length, or -1. */
+static long hpack_string(const unsigned char **p, const unsigned char *end, char *buf) {
+    if (*p >= end)
+        return -1;
+    bool huffman = **p & 0x80;
+    uint32_t n;
+    if (!hpack_int(p, end, 7, &n) || n > HPACK_STRING_MAX || n > (size_t)(end - *p))
+        return -1;
+    long len = (long)n;
+    if (huffman)
+        len = huffman_decode(*p, n, buf);
+    else
+        memcpy(buf, *p, n);
+    *p += n;
+    return len;
+}
+
+/* The name and value of table index i (1-61 static, then dynamic); false for an index beyond both. */
+static bool hpack_lookup(const struct hpack *t, uint32_t i, const char **name, size_t *name_len, const char **value,
+                         size_t *value_len) {
+    if (i >= 1 && i <= 61) {
+        *name = HPACK_STATIC[i - 1][0];
+        *name_len = strlen(*name);
+        *value = HPACK_STATIC[i - 1][1];
+        *value_len = strlen(*value);
+        return true;
+    }
+    if (i > 61 && i - 62 < t->n) {
+        const struct hpack_entry *e = &t->entries[i - 62];
+        *name = e->name;
+        *name_len = e->name_len;
+        *value = e->value;
+        *value_len = e->value_len;
+        return true;
+    }
+    return false;
+}
+
+static void hpack_note_path(const char *name, size_t name_len, const char *value, size_t value_len, char *path) {
+    if (!bytes_are(name, name_len, ":path"))
+        return;
+    size_t n = value_len <= PATH_MAX_BYTES ? value_len : 0;
+    memcpy(path, value, n);
+    path[n] = '\0';
+}
+
+/* Decode a header block; the :path it names goes to path (NUL-terminated, "" when absent or longer than
+ * PATH_MAX_BYTES). False on any decoding error: the connection then ends (COMPRESSION_ERROR). */
+static bool hpack_decode(struct hpack *t, const unsigned char *p, size_t n, char *path) {
+    static char name_buf[HPACK_STRING_MAX * 8 / 5 + 1], value_buf[HPACK_STRING_MAX * 8 / 5 + 1];
+    const unsigned char *end = p + n;
+    path[0] = '\0';
+    while (p < end) {
+        unsigned char b = *p;
+        const char *name, *value;
+        size_t name_len, value_len;
+        uint32_t index;
+        if ((b & 0xE0) == 0x20) { /* dynamic table size update */
+            if (!hpack_int(&p, end, 5, &index) || index > HPACK_TABLE_MAX)
+                return false;
+            t->max_size = index;
+            hpack_evict_to(t, index);
+            continue;
+        }
+        if (b & 0x80) { /* indexed header field */
+            if (!hpack_int(&p, end, 7, &index) || !hpack_lookup(t, index, &name, &name_len, &value, &value_len))
+                return false;
+        } else {
+            bool indexing = (b & 0xC0) == 0x40;
+            if (!hpack_int(&p, end, indexing ? 6 : 4, &index))
+                return false;
+            if (index == 0) {
+                long len = hpack_string(&p, end, name_buf);
+                if (len < 0)
+                    return false;
+                name = name_buf;
+                name_len = (size_t)len;
+            } else if (!hpack_lookup(t, index, &name, &name_len, &value, &value_len)) {
+                return false;
+            }
+            long len = hpack_string(&p, end, value_buf);
+            if (len < 0)
+                return false;
+            value = value_buf;
+            value_len = (size_t)len;
+            if (indexing) {
+                /* copy the name first: it may be a dynamic entry that the insertion evicts */
+                char *name_copy = xmalloc(name_len);
+                memcpy(name_copy, name, name_len);
+                hpack_insert(t, name_copy, name_len, value, value_len);
+                hpack_note_path(name_copy, name_len, value, value_len, path);
+                free(name_copy);
+                continue;
+            }
+        }
+        hpack_note_path(name, name_len, value, value_len, path);
+    }
+    return true;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* HTTP/2 (RFC 9113) without TLS, prior knowledge only, and gRPC's grpc.health.v1.Health/Check      */
+/*
+ * What a unary gRPC call needs and nothing more: the client preface, SETTINGS (acknowledged; ours
+ * announce nothing but MAX_CONCURRENT_STREAMS), PING (answered), WINDOW_UPDATE (ours go out as the
+ * client's DATA is read; theirs are not needed, every answer being far smaller than any window),
+ * HEADERS and CONTINUATION (one header block at a time, decoded in order so the HPACK table stays in
+ * step), DATA, RST_STREAM (the stream is forgotten), GOAWAY (the client is leaving: its EOF ends it),
+ * PRIORITY and unknown frame types (ignored). A request is answered when its stream ends. A protocol
+ * error sends GOAWAY and closes the connection; nothing a client sends can do more than that.
+ */
+
+enum {
+    H2_FRAME_MAX = 16384, /* SETTINGS_MAX_FRAME_SIZE: the default, which we keep */
+    H2_STREAMS = 32,      /* our SETTINGS_MAX_CONCURRENT_STREAMS */
+    H2_BLOCK_MAX = 16384, /* the largest header block we accept */
+    H2_OUT_MAX = 65536,   /* unsent output beyond this: the client does not read, so it is dropped */
+    GRPC_MESSAGE_MAX = 16384,
+};
+enum { FR_DATA, FR_HEADERS, FR_PRIORITY, FR_RST_STREAM, FR_SETTINGS, FR_PUSH_PROMISE, FR_PING, FR_GOAWAY,
+       FR_WINDOW_UPDATE, FR_CONTINUATION };
+enum { FL_END_STREAM = 0x1, FL_ACK = 0x1, FL_END_HEADERS = 0x4, FL_PADDED = 0x8, FL_PRIORITY = 0x20 };
+enum { H2_NO_ERROR = 0, H2_PROTOCOL_ERROR = 1, H2_FRAME_SIZE_ERROR = 6, H2_REFUSED_STREAM = 7,
+       H2_COMPRESSION_ERROR = 9, H2_ENHANCE_YOUR_CALM = 11 };
+enum { GRPC_OK = 0, GRPC_UNKNOWN = 2, GRPC_NOT_FOUND = 5, GRPC_RESOURCE_EXHAUSTED = 8, GRPC_UNIMPLEMENTED = 12,
+       GRPC_INTERNAL = 13 };
+
+static const char H2_PREFACE[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+#define CHECK_PATH "/grpc.health.v1.Health/Check"
+
+struct h2_stream {
+    uint32_t id; /* 0: a free slot; every open stream is a Check call */
+    struct sb body;
+};
+
+struct h2 {
+    bool preface_seen, settings_seen;
+    size_t in_len;
+    uint32_t last_stream, unacked; /* the highest stream id opened; DATA bytes not yet given back */
+    uint32_t block_stream;         /* a header block being received (HEADERS then CONTINUATIONs), or 0 */
+    bool block_ends_stream;
+    struct sb block, out;
+    struct hpack table;
+    struct h2_stream streams[H2_STREAMS];
+    unsigned char in[9 + H2_FRAME_MAX];
+};
+
+static struct h2 *h2_new(void) {
+    struct h2 *h = calloc(1, sizeof *h);
+    if (h)
+        h->table.max_size = HPACK_TABLE_MAX;
+    return h;
+}
+
+static void h2_free(struct h2 *h) {
+    hpack_free(&h->table);
+    for (int i = 0; i < H2_STREAMS; i++)
+        free(h->streams[i].body.p);
+    free(h->block.p);
+    free(h->out.p);
+    free(h);
+}
+
+static void h2_frame(struct h2 *h, unsigned type, unsigned flags, uint32_t stream, const void *payload, size_t n) {
+    unsigned char head[9] = {(unsigned char)(n >> 16), (unsigned char)(n >> 8), (unsigned char)n, (unsigned char)type,
+                             (unsigned char)flags, (unsigned char)(stream >> 24), (unsigned char)(stream >> 16),
+                             (unsigned char)(stream >> 8), (unsigned char)stream};
+    sb_addn(&h->out, (const char *)head, 9);
+    if (n)
+        sb_addn(&h->out, payload, n);
+}
+
+static void put_u32(unsigned char *p, uint32_t v) {
+    p[0] = (unsigned char)(v >> 24);
+    p[1] = (unsigned char)(v >> 16);
+    p[2] = (unsigned char)(v >> 8);
+    p[3] = (unsigned char)v;
+}
+
+static uint32_t get_u32(const unsigned char *p) {
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static void hpack_put_int(struct sb *b, unsigned first, unsigned prefix_bits, size_t v) {
+    size_t mask = ((size_t)1 << prefix_bits) - 1;
+    if (v < mask) {
+        sb_addc(b, (char)(first | v));
+        return;
+    }
+    sb_addc(b, (char)(first | mask));
+    for (v -= mask; v >= 128; v >>= 7)
+        sb_addc(b, (char)(0x80 | (v & 0x7F)));
+    sb_addc(b, (char)v);
+}
+
+/* A literal header field without indexing, the name by static index or (index 0) spelt out. */
+static void hpack_put(struct sb *b, unsigned index, const char *name, const char *value) {
+    hpack_put_int(b, 0x00, 4, index);
+    if (index == 0) {
+        hpack_put_int(b, 0x00, 7, strlen(name));
+        sb_add(b, name);
+    }
+    hpack_put_int(b, 0x00, 7, strlen(value));
+    sb_add(b, value);
+}
+
+static void h2_goaway(struct h2 *h, uint32_t code) {
+    unsigned char payload[8];
+    put_u32(payload, h->last_stream);
+    put_u32(payload + 4, code);
+    h2_frame(h, FR_GOAWAY, 0, 0, payload, 8);
+}
+
+static void h2_rst(struct h2 *h, uint32_t stream, uint32_t code) {
+    unsigned char payload[4];
+    put_u32(payload, code);
+    h2_frame(h, FR_RST_STREAM, 0, stream, payload, 4);
+}
+
+/* The whole answer of a call: headers, the response message when status is OK, trailers; a call that
+ * fails gets the trailers-only form (one HEADERS frame that ends the stream). */
+static void grpc_answer(struct h2 *h, uint32_t stream, int status, const char *message, int serving_status) {
+    struct sb block = {0};
+    char code[16];
+    hpack_put(&block, 8, NULL, "200"); /* :status */
+    hpack_put(&block, 31, NULL, "application/grpc");
+    if (status == GRPC_OK) {
+        h2_frame(h, FR_HEADERS, FL_END_HEADERS, stream, block.p, block.n);
+        unsigned char msg[7] = {0, 0, 0, 0, 2, 0x08, (unsigned char)serving_status}; /* HealthCheckResponse */
+        h2_frame(h, FR_DATA, 0, stream, msg, sizeof msg);
+        block.n = 0;
+    }
+    snprintf(code, sizeof code, "%d", status);
+    hpack_put(&block, 0, "grpc-status", code);
+    if (message) /* our messages are plain printable ASCII without '%': nothing to percent-encode */
+        hpack_put(&block, 0, "grpc-message", message);
+    h2_frame(h, FR_HEADERS, FL_END_HEADERS | FL_END_STREAM, stream, block.p, block.n);
+    free(block.p);
+}
+
+/* Decode HealthCheckRequest (string service = 1) from a protobuf message; false when malformed. The
+ * last occurrence of the field wins and unknown fields are skipped, as protobuf parsers do. */
+static bool parse_health_request(const unsigned char *p, size_t n, const unsigned char **service, size_t *service_len) {
+    const unsigned char *end = p + n;
+    *service = p;
+    *service_len = 0;
+    while (p < end) {
+        uint64_t tag = 0, len = 0;
+        for (unsigned shift = 0;; shift += 7) {
+            if (p >= end || shift > 63)
+                return false;
+            tag |= (uint64_t)(*p & 0x7F) << shift;
+            if (!(*p++ & 0x80))
+                break;
+        }
+        unsigned wire = (unsigned)(tag & 7);
+        if (tag >> 3 == 0)
+            return false;
+        switch (wire) {
+        case 0: /* varint */
+            for (unsigned shift = 0;; shift += 7) {
+                if (p >= end || shift > 63)
+                    return false;
+                if (!(*p++ & 0x80))
+                    break;
+            }
+            break;
+        case 1: /* 64-bit */
+        case 5: /* 32-bit */
+            if ((size_t)(end - p) < (wire == 1 ? 8u : 4u))
+                return false;
+            p += wire == 1 ? 8 : 4;
+            break;
+        case 2: /* length-delimited */
+            for (unsigned shift = 0;; shift += 7) {
+                if (p >= end || shift > 63)
+                    return false;
+                len |= (uint64_t)(*p & 0x7F) << shift;
+                if (!(*p++ & 0x80))
+                    break;
+            }
+            if (len > (uint64_t)(end - p))
+                return false;
+            if (tag >> 3 == 1) {
+                if (tag != ((1 << 3) | 2))
+                    return false;
+                *service = p;
+                *service_len = (size_t)len;
+            }
+            p += len;
+            break;
+        default: /* groups (3, 4) and the undefined 6, 7 */
+            return false;
+        }
+        if (tag >> 3 == 1 && wire != 2)
+            return false; /* field 1 is a string: any other wire type does not parse */
+    }
+    /* a proto3 string must be valid UTF-8 */
+    for (size_t i = 0; i < *service_len;) {
+        unsigned char tmp[4] = {0, 0, 0, 0};
+        size_t left = *service_len - i;
+        memcpy(tmp, *service + i, left < 4 ? left : 4);
+        uint32_t cp;
+        int k = utf8_decode(tmp, &cp);
+        if (k == 0 || (size_t)k > left)
+            return false;
+        i += (size_t)k;
+    }
+    return true;
+}
+
+static struct h2_stream *h2_find(struct h2 *h, uint32_t id) {
+    for (int i = 0; i < H2_STREAMS; i++)
+        if (h->streams[i].id == id)
+            return &h->streams[i];
+    return NULL;
+}
+
+static void h2_forget(struct h2_stream *s) {
+    s->id = 0;
+    s->body.n = 0;
+}
+
+/* The client has sent all of a call: answer it. */
+static void h2_call(struct h2 *h, struct h2_stream *s, const struct config *cfg, bool healthy) {
+    const unsigned char *b = (const unsigned char *)s->body.p;
+    const unsigned char *service;
+    size_t service_len;
+    if (s->body.n < 5 || b[0] != 0 || get_u32(b + 1) != s->body.n - 5 ||
+               !parse_health_request(b + 5, s->body.n - 5, &service, &service_len)) {
+        /* no message, two, a compressed one (we announce no grpc-accept-encoding) or bad protobuf */
+        grpc_answer(h, s->id, GRPC_INTERNAL, "grpc: error unmarshalling request", 0);
+    } else if (service_len == 0 || (cfg->grpc_service && strlen(cfg->grpc_service) == service_len &&
+                                    memcmp(cfg->grpc_service, service, service_len) == 0)) {
+        grpc_answer(h, s->id, GRPC_OK, NULL, healthy ? 1 : 2); /* SERVING, NOT_SERVING */
+    } else {
+        grpc_answer(h, s->id, GRPC_NOT_FOUND, "unknown service", 0);
+    }
+    h2_forget(s);
+}
+
+/* A complete header block on `stream`. False: a connection error (GOAWAY already queued). */
+static bool h2_headers(struct h2 *h, uint32_t stream, bool end_stream, const struct config *cfg, bool healthy) {
+    char path[PATH_MAX_BYTES + 1];
+    if (!hpack_decode(&h->table, (const unsigned char *)h->block.p, h->block.n, path)) {
+        h2_goaway(h, H2_COMPRESSION_ERROR);
+        return false;
+    }
+    h->block.n = 0;
+    struct h2_stream *s = h2_find(h, stream);
+    if (s) { /* trailers from the client */
+        if (end_stream)
+            h2_call(h, s, cfg, healthy);
+        return true;
+    }
+    if (stream <= h->last_stream) /* a closed stream's headers, or ids going backwards */
+        return true;
+    h->last_stream = stream;
+    s = h2_find(h, 0);
+    if (!s) {
+        h2_rst(h, stream, H2_REFUSED_STREAM);
+        return true;
+    }
+    if (strcmp(path, CHECK_PATH) != 0) { /* Watch and anything else: refused at once, as gRPC servers do */
+        grpc_answer(h, stream, GRPC_UNIMPLEMENTED, "Method not found!", 0);
+        if (!end_stream)
+            h2_rst(h, stream, H2_NO_ERROR);
+        return true;
+    }
+    s->id = stream;
+    s->body.n = 0;
+    if (end_stream)
+        h2_call(h, s, cfg, healthy);
+    return true;
+}
+
+/* Strip the padding (and a HEADERS frame's priority fields) from a payload; false when malformed. */
+static bool h2_unpad(unsigned flags, bool priority, const unsigned char **p, size_t *n) {
+    size_t pad = 0;
+    if (flags & FL_PADDED) {
+        if (*n < 1)
+            return false;
+        pad = **p;
+        (*p)++;
+        (*n)--;
+    }
+    if (priority && (flags & FL_PRIORITY)) {
+        if (*n < 5)
+            return false;
+        *p += 5;
+        *n -= 5;
+    }
+    if (pad > *n)
+        return false;
+    *n -= pad;
+    return true;
+}
+
+/* One frame. False: the connection ends (after the GOAWAY it queued, if any). */
+static bool h2_frame_in(struct h2 *h, unsigned type, unsigned flags, uint32_t stream, const unsigned char *p,
+                        size_t n, const struct config *cfg, bool healthy) {
+    if (!h->settings_seen && type != FR_SETTINGS) {
+        h2_goaway(h, H2_PROTOCOL_ERROR); /* the preface must be followed by SETTINGS */
+        return false;
+    }
+    if (h->block_stream && (type != FR_CONTINUATION || stream != h->block_stream)) {
+        h2_goaway(h, H2_PROTOCOL_ERROR);
+        return false;
+    }
+    switch (type) {
+    case FR_DATA: {
+        uint32_t flow = (uint32_t)n; /* flow control counts the whole payload, padding too */
+        if (stream == 0 || !h2_unpad(flags, false, &p, &n)) {
+            h2_goaway(h, H2_PROTOCOL_ERROR);
+            return false;
+        }
+        struct h2_stream *s = h2_find(h, stream);
+        if (s) {
+            sb_addn(&s->body, (const char *)p, n);
+            const unsigned char *b = (const unsigned char *)s->body.p;
+            if (s->body.n >= 5 && get_u32(b + 1) > GRPC_MESSAGE_MAX) {
+                char why[96];
+                snprintf(why, sizeof why, "SERVER: Received message larger than max (%" PRIu32 " vs. %d)",
+                         get_u32(b + 1), GRPC_MESSAGE_MAX);
+                grpc_answer(h, s->id, GRPC_RESOURCE_EXHAUSTED, why, 0);
+                if (!(flags & FL_END_STREAM))
+                    h2_rst(h, s->id, H2_NO_ERROR);
+                h2_forget(s);
+                s = NULL;
+            } else if (s->body.n > 5 + GRPC_MESSAGE_MAX + 5) { /* more than one message: no use reading on */
+                s->body.n = 1;
+                s->body.p[0] = 1; /* reads as a compressed message: malformed for h2_call */
+            }
+        }
+        h->unacked += flow;
+        if (h->unacked >= 16384) { /* give the connection's window back, in bulk */
+            unsigned char inc[4];
+            put_u32(inc, h->unacked);
+            h2_frame(h, FR_WINDOW_UPDATE, 0, 0, inc, 4);
+            h->unacked = 0;
+        }
+        if (s && (flags & FL_END_STREAM))
+            h2_call(h, s, cfg, healthy);
+        return true;
+    }
+    case FR_HEADERS:
+        if (stream == 0 || stream % 2 == 0 || !h2_unpad(flags, true, &p, &n)) {
+            h2_goaway(h, H2_PROTOCOL_ERROR);
+            return false;
+        }
+        h->block.n = 0;
+        h->block_ends_stream = flags & FL_END_STREAM;
+        /* fall through */
+    case FR_CONTINUATION:
+        if (type == FR_CONTINUATION && !h->block_stream) {
+            h2_goaway(h, H2_PROTOCOL_ERROR);
+            return false;
+        }
+        if (h->block.n + n > H2_BLOCK_MAX) {
+            h2_goaway(h, H2_ENHANCE_YOUR_CALM);
+            return false;
+        }
+        sb_addn(&h->block, (const char *)p, n);
+        h->block_stream = stream;
+        if (!(flags & FL_END_HEADERS))
+            return true;
+        h->block_stream = 0;
+        return h2_headers(h, stream, h->block_ends_stream, cfg, healthy);
+    case FR_RST_STREAM: {
+        if (stream == 0 || n != 4) {
+            h2_goaway(h, H2_PROTOCOL_ERROR);
+            return false;
+        }
+        struct h2_stream *s = h2_find(h, stream);
+        if (s)
+            h2_forget(s);
+        return true;
+    }
+    case FR_SETTINGS:
+        if (stream != 0 || n % 6 != 0 || ((flags & FL_ACK) && n != 0)) {
+            h2_goaway(h, n % 6 ? H2_FRAME_SIZE_ERROR : H2_PROTOCOL_ERROR);
+            return false;
+        }
+        if (!(flags & FL_ACK)) {
+            /* nothing the client sets matters to answers this small: acknowledge it */
+            h2_frame(h, FR_SETTINGS, FL_ACK, 0, NULL, 0);
+            h->settings_seen = true;
+        } else if (!h->settings_seen) {
+            h2_goaway(h, H2_PROTOCOL_ERROR);
+            return false;
+        }
+        return true;
+    case FR_PING:
+        if (stream != 0 || n != 8) {
+            h2_goaway(h, n != 8 ? H2_FRAME_SIZE_ERROR : H2_PROTOCOL_ERROR);
+            return false;
+        }
+        if (!(flags & FL_ACK))
+            h2_frame(h, FR_PING, FL_ACK, 0, p, 8);
+        return true;
+    case FR_PUSH_PROMISE: /* only servers push */
+        h2_goaway(h, H2_PROTOCOL_ERROR);
+        return false;
+    default: /* PRIORITY, GOAWAY, WINDOW_UPDATE and unknown types */
+        return true;
+    }
+}
+
+/* Everything read so far. False: the connection ends. */
+static bool h2_input(struct h2 *h, const struct config *cfg, bool healthy) {
+    size_t at = 0;
+    if (!h->preface_seen) {
+        size_t want = sizeof H2_PREFACE - 1, have = h->in_len < want ? h->in_len : want;
+        if (memcmp(h->in, H2_PREFACE, have) != 0)
+            return false; /* not HTTP/2 with prior knowledge: not even a GOAWAY */
+        if (h->in_len < want)
+            return true;
+        h->preface_seen = true;
+        unsigned char settings[6] = {0, 3, 0, 0, 0, H2_STREAMS}; /* SETTINGS_MAX_CONCURRENT_STREAMS */
+        h2_frame(h, FR_SETTINGS, 0, 0, settings, sizeof settings);
+        at = want;
+    }
+    bool ok = true;
+    while (ok && h->in_len - at >= 9) {
+        const unsigned char *f = h->in + at;
+        size_t len = (size_t)f[0] << 16 | (size_t)f[1] << 8 | f[2];
+        if (len > H2_FRAME_MAX) {
+            h2_goaway(h, H2_FRAME_SIZE_ERROR);
+            return false;
+        }
+        if (h->in_len - at < 9 + len)
+            break;
+        ok = h2_frame_in(h, f[3], f[4], get_u32(f + 5) & 0x7FFFFFFFu, f + 9, len, cfg, healthy);
+        at += 9 + len;
+    }
+    memmove(h->in, h->in + at, h->in_len - at);
+    h->in_len -= at;
+    return ok;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* connections                                                                                    */
+
 enum { MAX_CONNS = 64, REQ_MAX = 4096 };
-enum conn_state { C_FREE, C_READING, C_DRAINING };
+enum conn_state { C_FREE, C_READING, C_DRAINING, C_HANGING, C_H2 };
+enum port_kind { P_HTTP, P_TCP, P_GRPC };
 struct conn {
     enum conn_state state;
     int fd;
     size_t len;
     int64_t deadline;
+    struct h2 *h2;
     char buf[REQ_MAX];
 };
 static struct conn conns[MAX_CONNS];
 
 static void conn_close(struct conn *c) {
     close(c->fd);
+    if (c->h2)
+        h2_free(c->h2);
+    c->h2 = NULL;
     c->state = C_FREE;
 }
 
 static void http_respond(struct conn *c, bool healthy) {
-    bool head = c->len >= 5 && memcmp(c->buf, "HEAD ", 5) == 0;
-    const char *status = healthy ? "200 OK" : "503 Service Unavailable";
-    const char *body = healthy ? "ok\n" : "unhealthy\n";
     struct sb r = {0};
-    sb_addf(&r, "HTTP/1.0 %s\r\n", status);
-    sb_addf(&r, "Content-Type: text/plain; charset=utf-8\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n",
-            strlen(body));
-    if (!head)
-        sb_add(&r, body);
+    if (!http_answer(c->buf, c->len, healthy, &r)) {
+        /* /hang: no answer, and no deadline; the client's close (or the process's end) ends it */
+        c->state = C_HANGING;
+        c->deadline = NEVER;
+        return;
+    }
     ssize_t w = send(c->fd, r.p, r.n, MSG_NOSIGNAL);
     (void)w;
     free(r.p);
@@ -1026,7 +1909,56 @@ static bool request_complete(const struct conn *c) {
     return memmem(c->buf, c->len, "\r\n\r\n", 4) || memmem(c->buf, c->len, "\n\n", 2) || c->len == REQ_MAX;
 }
 
-static void conn_readable(struct conn *c, bool healthy) {
+/* Send what an HTTP/2 connection has queued; false when the client is gone or does not read. */
+static bool h2_flush(struct conn *c) {
+    struct h2 *h = c->h2;
+    size_t sent = 0;
+    while (sent < h->out.n) {
+        ssize_t w = send(c->fd, h->out.p + sent, h->out.n - sent, MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            break;
+        if (w <= 0)
+            return false;
+        sent += (size_t)w;
+    }
+    memmove(h->out.p, h->out.p + sent, h->out.n - sent);
+    h->out.n -= sent;
+    return h->out.n <= H2_OUT_MAX;
+}
+
+static void h2_readable(struct conn *c, const struct config *cfg, bool healthy) {
+    struct h2 *h = c->h2;
+    for (;;) {
+        ssize_t n = recv(c->fd, h->in + h->in_len, sizeof h->in - h->in_len, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            break;
+        if (n <= 0) {
+            conn_close(c);
+            return;
+        }
+        h->in_len += (size_t)n;
+        if (!h2_input(h, cfg, healthy)) {
+            /* a protocol error: what is queued (the GOAWAY) goes out as far as it can, then the end */
+            h2_flush(c);
+            conn_close(c);
+            return;
+        }
+        if (h->settings_seen)
+            c->deadline = NEVER; /* a real HTTP/2 client: it may keep the connection for more calls */
+    }
+    if (!h2_flush(c))
+        conn_close(c);
+}
+
+static void conn_readable(struct conn *c, const struct config *cfg, bool healthy) {
+    if (c->state == C_H2) {
+        h2_readable(c, cfg, healthy);
+        return;
+    }
     for (;;) {
         char scratch[REQ_MAX];
         char *dst = c->state == C_READING ? c->buf + c->len : scratch;
@@ -1037,8 +1969,11 @@ static void conn_readable(struct conn *c, bool healthy) {
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             return;
         if (n <= 0) {
-            if (c->state == C_READING && c->len > 0 && n == 0)
+            if (c->state == C_READING && c->len > 0 && n == 0) {
                 http_respond(c, healthy);
+                if (c->state == C_HANGING)
+                    continue; /* the client has closed its side already: read the EOF again */
+            }
             conn_close(c);
             return;
         }
@@ -1050,7 +1985,7 @@ static void conn_readable(struct conn *c, bool healthy) {
     }
 }
 
-static void accept_all(int lfd, bool http, int64_t now) {
+static void accept_all(int lfd, enum port_kind kind, int64_t now) {
     for (;;) {
         int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
@@ -1058,7 +1993,7 @@ static void accept_all(int lfd, bool http, int64_t now) {
                 continue;
             return;
         }
-        if (!http) {
+        if (kind == P_TCP) {
             close(fd);
             continue;
         }
@@ -1066,14 +2001,20 @@ static void accept_all(int lfd, bool http, int64_t now) {
         for (int i = 0; i < MAX_CONNS && !slot; i++)
             if (conns[i].state == C_FREE)
                 slot = &conns[i];
-        if (!slot) {
+        struct h2 *h = slot && kind == P_GRPC ? h2_new() : NULL;
+        if (!slot || (kind == P_GRPC && !h)) {
             close(fd);
             continue;
         }
-        slot->state = C_READING;
+        if (kind == P_GRPC) {
+            int one = 1;
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        }
+        slot->state = kind == P_GRPC ? C_H2 : C_READING;
+        slot->h2 = h;
         slot->fd = fd;
         slot->len = 0;
-        slot->deadline = now + 10 * NS_PER_S;
+        slot->deadline = now + 10 * NS_PER_S; /* to send a request (HTTP) or the preface and SETTINGS */
     }
 }
 
@@ -1132,6 +2073,7 @@ static int main_mode(int n, char **flags, int64_t start) {
 
     int http_fd = cfg.has_http_port ? listen_on(&cfg.http_port) : -1;
     int tcp_fd = cfg.has_tcp_port ? listen_on(&cfg.tcp_port) : -1;
+    int grpc_fd = cfg.has_grpc_port ? listen_on(&cfg.grpc_port) : -1;
     write_disk(cfg.disk_mib);
 
     /* The log line buffer: "<text> " then the number, then the padding and a newline. */
@@ -1238,16 +2180,14 @@ static int main_mode(int n, char **flags, int64_t start) {
             }
         }
 
-        bool healthy = !(cfg.has_unhealthy_after && now - start >= cfg.unhealthy_after_ns);
-        struct pollfd pfds[2 + MAX_CONNS];
-        struct conn *owners[2 + MAX_CONNS];
+        struct pollfd pfds[3 + MAX_CONNS];
+        struct conn *owners[3 + MAX_CONNS];
         nfds_t nfds = 0;
-        if (http_fd >= 0) {
-            pfds[nfds] = (struct pollfd){.fd = http_fd, .events = POLLIN};
-            owners[nfds++] = NULL;
-        }
-        if (tcp_fd >= 0) {
-            pfds[nfds] = (struct pollfd){.fd = tcp_fd, .events = POLLIN};
+        int listeners[3] = {http_fd, tcp_fd, grpc_fd};
+        for (int i = 0; i < 3; i++) {
+            if (listeners[i] < 0)
+                continue;
+            pfds[nfds] = (struct pollfd){.fd = listeners[i], .events = POLLIN};
             owners[nfds++] = NULL;
         }
         for (int i = 0; i < MAX_CONNS; i++) {
@@ -1259,7 +2199,8 @@ static int main_mode(int n, char **flags, int64_t start) {
             }
             if (conns[i].deadline < next)
                 next = conns[i].deadline;
-            pfds[nfds] = (struct pollfd){.fd = conns[i].fd, .events = POLLIN};
+            short events = POLLIN | (conns[i].h2 && conns[i].h2->out.n ? POLLOUT : 0);
+            pfds[nfds] = (struct pollfd){.fd = conns[i].fd, .events = events};
             owners[nfds++] = &conns[i];
         }
 
@@ -1289,14 +2230,20 @@ static int main_mode(int n, char **flags, int64_t start) {
         }
         int ready = ppoll(pfds, nfds, tp, &run_mask);
         if (ready > 0) {
+            /* health is judged when the request is read: ppoll() may have slept across --unhealthy-after */
             int64_t t = mono_ns();
+            bool healthy = !(cfg.has_unhealthy_after && t - start >= cfg.unhealthy_after_ns);
             for (nfds_t i = 0; i < nfds; i++) {
                 if (!pfds[i].revents)
                     continue;
-                if (owners[i])
-                    conn_readable(owners[i], healthy);
-                else
-                    accept_all(pfds[i].fd, pfds[i].fd == http_fd, t);
+                struct conn *c = owners[i];
+                if (!c) {
+                    accept_all(pfds[i].fd, pfds[i].fd == http_fd ? P_HTTP : pfds[i].fd == tcp_fd ? P_TCP : P_GRPC, t);
+                } else if (c->state != C_FREE && c->h2 && (pfds[i].revents & POLLOUT) && !h2_flush(c)) {
+                    conn_close(c);
+                } else if (c->state != C_FREE && (pfds[i].revents & ~POLLOUT)) {
+                    conn_readable(c, &cfg, healthy);
+                }
             }
         } else if (ready == 0 && busy) {
             int64_t until = now + 500000; /* spin up to 0.5 ms between looks at the descriptors */

@@ -17,8 +17,16 @@ or a bare number of seconds)::
     --log-text=T            the line's prefix (default "line"); each line is "<T> <n>"
     --ready-after=D         "khelper check ready" fails before D, succeeds after
     --unhealthy-after=D     "khelper check healthy" succeeds before D, fails after
-    --http-port=N           serve HTTP health on port N (GET / answers 200 while healthy)
+    --http-port=N           serve HTTP on port N: any path answers 200 "ok" while healthy, 503 "unhealthy"
+                            from --unhealthy-after on; /redirect?loc=L answers 302 Found to L (percent-
+                            decoded; a path or an absolute URL), /status?code=N answers N (100-599, else
+                            400), /hang never answers (see listeners.py for the exact bytes)
     --tcp-port=N            accept TCP connections on port N
+    --grpc-port=N           serve grpc.health.v1.Health on port N (HTTP/2 without TLS): Check answers
+                            SERVING while healthy, NOT_SERVING from --unhealthy-after on, for the service
+                            "" and the --grpc-service name; any other name gets NOT_FOUND "unknown
+                            service"; Watch and every other method UNIMPLEMENTED
+    --grpc-service=NAME     one more service name that Check knows (same health as "")
     --memory-mib=M          allocate M MiB (all at once, or at --memory-mib-per-second)
     --memory-mib-per-second=R
     --cpu-millicores=N      burn N millicores of CPU
@@ -59,8 +67,8 @@ _UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, 
 USAGE = (
     f"usage: {HELPER} [--exit-after=D] [--exit-code=N] [--log-rate=N] [--log-count=N] [--log-stream=S] "
     "[--log-line-bytes=N] [--log-text=T] [--ready-after=D] [--unhealthy-after=D] [--http-port=N] [--tcp-port=N] "
-    "[--memory-mib=M] [--memory-mib-per-second=R] [--cpu-millicores=N] [--disk-mib=N] [--ignore-sigterm] "
-    "[--sigterm-exit-code=N] [--sigterm-delay=D]"
+    "[--grpc-port=N] [--grpc-service=NAME] [--memory-mib=M] [--memory-mib-per-second=R] [--cpu-millicores=N] "
+    "[--disk-mib=N] [--ignore-sigterm] [--sigterm-exit-code=N] [--sigterm-delay=D]"
 )
 
 
@@ -97,6 +105,8 @@ class Behaviour:
     unhealthy_after_ns: int | None = None
     http_port: int | None = None
     tcp_port: int | None = None
+    grpc_port: int | None = None
+    grpc_service: str | None = None  # a service name Check knows besides ""
     memory_mib: float = 0.0
     memory_mib_per_second: float = 0.0
     cpu_millicores: int = 0
@@ -143,6 +153,7 @@ _INT_FLAGS = {
     "--log-line-bytes": "log_line_bytes",
     "--http-port": "http_port",
     "--tcp-port": "tcp_port",
+    "--grpc-port": "grpc_port",
     "--cpu-millicores": "cpu_millicores",
     "--sigterm-exit-code": "sigterm_exit_code",
 }
@@ -158,7 +169,7 @@ _DURATION_FLAGS = {
     "--unhealthy-after": "unhealthy_after_ns",
     "--sigterm-delay": "sigterm_delay_ns",
 }
-_STR_FLAGS = {"--log-stream": "log_stream", "--log-text": "log_text"}
+_STR_FLAGS = {"--log-stream": "log_stream", "--log-text": "log_text", "--grpc-service": "grpc_service"}
 _BOOL_FLAGS = {"--ignore-sigterm": "ignore_sigterm"}
 
 
@@ -204,7 +215,7 @@ def parse_helper_flags(flags: Sequence[str]) -> Behaviour:
             raise BehaviourError(f"invalid value {value!r} for flag {name}{detail}") from None
     if values.get("log_stream", "stdout") not in ("stdout", "stderr", "both"):
         raise BehaviourError(f"invalid value {values['log_stream']!r} for flag --log-stream")
-    for port in ("http_port", "tcp_port"):
+    for port in ("http_port", "tcp_port", "grpc_port"):
         port_number = values.get(port)
         if isinstance(port_number, int) and not 0 < port_number < 65536:
             raise BehaviourError(f"invalid value {port_number} for flag --{port.replace('_', '-')}")

@@ -1,14 +1,19 @@
-"""Real sockets for the emulated containers' ``--http-port`` and ``--tcp-port``, on loopback pod IPs.
+"""Real sockets for the emulated containers' ``--http-port``, ``--tcp-port`` and ``--grpc-port``, on loopback
+pod IPs.
 
 A running container whose behaviour names a port, in a sandbox whose IP is a loopback address (the
 default pool ``127.77.0.0/16``, or a CNI plugin handing out 127.x addresses), gets a listening socket
 on (pod IP, port), so real HTTP and TCP probes reach it. It answers as ``khelper`` does on containerd:
 
-- HTTP: any request (any path) gets ``HTTP/1.0 200 OK`` with ``ok`` while healthy and ``503 Service
-  Unavailable`` with ``unhealthy`` from ``--unhealthy-after`` on (judged on the emulator's clock; a
-  HEAD gets no body), then the connection closes. A connection that sends no complete request is
-  closed after 10 s of clock time.
+- HTTP: a request gets ``HTTP/1.0 200 OK`` with ``ok`` while healthy and ``503 Service Unavailable``
+  with ``unhealthy`` from ``--unhealthy-after`` on (judged on the emulator's clock; a HEAD gets no
+  body), then the connection closes; ``/redirect``, ``/status`` and ``/hang`` answer as
+  ``httpanswers`` says. A connection that sends no complete request is closed after 10 s of clock
+  time. That limit covers only the reading of the request, in khelper too: once ``/hang`` is read,
+  neither closes the connection; the client's close, the container's end or the emulator's stop
+  does.
 - TCP: a connection is accepted and closed at once.
+- gRPC: a ``grpc.health.v1.Health`` server (see ``grpchealth``).
 
 A port that cannot be bound (a second container of the pod on the same port, or anything else holding
 it) is what it is for khelper: a line ``khelper: cannot listen on port N: <reason>`` on the container's
@@ -21,12 +26,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import os
 import socket
 from collections.abc import Callable
 
 from kubeharness.clock import Clock, seconds_to_ns
+from kubeharness.emulators.cri import httpanswers
+from kubeharness.emulators.cri.grpchealth import HealthServer, bind_error
 
 REQUEST_MAX_BYTES = 4096
 IDLE_CLOSE_NS = seconds_to_ns(10)
@@ -38,15 +46,6 @@ def is_loopback(ip: str) -> bool:
         return ipaddress.ip_address(ip).is_loopback
     except ValueError:
         return False
-
-
-def http_response(healthy: bool, head: bool) -> bytes:
-    status, body = ("200 OK", b"ok\n") if healthy else ("503 Service Unavailable", b"unhealthy\n")
-    header = (
-        f"HTTP/1.0 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
-        "Connection: close\r\n\r\n"
-    ).encode()
-    return header if head else header + body
 
 
 def _request_complete(data: bytes) -> bool:
@@ -92,7 +91,13 @@ class _Listener:
                     break
                 data += chunk
             if data:
-                writer.write(http_response(self.healthy(), data.startswith(b"HEAD ")))
+                reply = httpanswers.answer(data, self.healthy())
+                if reply is None:  # /hang: no answer, and no idle close; the client's EOF ends it
+                    timer.cancel()
+                    while await reader.read(REQUEST_MAX_BYTES):
+                        pass
+                    return
+                writer.write(reply)
                 await writer.drain()
         except (ConnectionError, OSError):
             pass
@@ -129,11 +134,14 @@ class PortListeners:
         self.clock = clock
         self.enabled = enabled
         self._by_container: dict[str, list[_Listener]] = {}
+        self._grpc: dict[str, HealthServer] = {}
+        self._stopping: set[asyncio.Task[None]] = set()  # gRPC servers on their way down
 
     def open(self, container_id: str, ip: str, http_port: int | None, tcp_port: int | None,
-             healthy: Callable[[], bool]) -> list[str]:
-        """Listen on the container's ports; the khelper-style stderr lines of ports it could not get."""
-        if not self.enabled or not is_loopback(ip) or (http_port is None and tcp_port is None):
+             healthy: Callable[[], bool], grpc_port: int | None = None, grpc_service: str | None = None) -> list[str]:
+        """Listen on the container's ports (in khelper's order: HTTP, TCP, gRPC); the khelper-style stderr
+        lines of ports it could not get."""
+        if not self.enabled or not is_loopback(ip) or (http_port is None and tcp_port is None and grpc_port is None):
             return []
         self.close(container_id)
         errors: list[str] = []
@@ -144,23 +152,51 @@ class PortListeners:
             try:
                 sock = bind(ip, port)
             except OSError as err:
-                reason = os.strerror(err.errno) if err.errno else str(err)
-                errors.append(f"khelper: cannot listen on port {port}: {reason}")
+                errors.append(_cannot_listen(port, err))
                 continue
             listeners.append(_Listener(sock, http, healthy, self.clock))
         if listeners:
             self._by_container[container_id] = listeners
+        if grpc_port is not None:
+            refused = bind_error(ip, grpc_port)
+            if refused is None:
+                try:
+                    server = HealthServer(ip, grpc_port, healthy, grpc_service)
+                except (OSError, RuntimeError):  # taken between the probe and gRPC's own bind
+                    refused = OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE))
+                else:
+                    server.start()
+                    self._grpc[container_id] = server
+            if refused is not None:
+                errors.append(_cannot_listen(grpc_port, refused))
         return errors
 
     def close(self, container_id: str) -> None:
         for listener in self._by_container.pop(container_id, []):
             with contextlib.suppress(OSError):
                 listener.close()
+        server = self._grpc.pop(container_id, None)
+        if server is not None:
+            task = server.stop()
+            self._stopping.add(task)
+            task.add_done_callback(self._stopping.discard)
 
     def close_all(self) -> None:
-        for container_id in list(self._by_container):
+        for container_id in list(self._by_container) + list(self._grpc):
             self.close(container_id)
+
+    async def closed(self) -> None:
+        """Wait until every gRPC server that was closed has let its port go."""
+        while self._stopping:
+            await asyncio.gather(*self._stopping, return_exceptions=True)
 
     def ports_of(self, container_id: str) -> list[tuple[str, int]]:
         """Where a container listens (for logs and verbose status)."""
-        return [listener.sock.getsockname()[:2] for listener in self._by_container.get(container_id, [])]
+        ports = [listener.sock.getsockname()[:2] for listener in self._by_container.get(container_id, [])]
+        server = self._grpc.get(container_id)
+        return ports + ([server.address] if server is not None else [])
+
+
+def _cannot_listen(port: int, err: OSError) -> str:
+    reason = os.strerror(err.errno) if err.errno else str(err)
+    return f"khelper: cannot listen on port {port}: {reason}"

@@ -76,7 +76,7 @@ class Runtime:
         # CNI plugins that set up pod networks, when a configuration directory is given (else the pool)
         self.cni = PodNetwork(Path(config.cni_conf_dir), config.cni_bin_dir, state_dir / "cni",
                               with_loopback=self.netns.real) if config.cni_conf_dir else None
-        self.listeners = PortListeners(clock, config.serve_ports)  # containers' HTTP/TCP ports on loopback IPs
+        self.listeners = PortListeners(clock, config.serve_ports)  # containers' HTTP/TCP/gRPC ports on loopback IPs
         self.network_locks: dict[str, asyncio.Lock] = {}  # one network teardown at a time, by sandbox id
         self.processes: dict[str, Process] = {}  # running containers' simulated processes
         self.pulls: dict[str, asyncio.Task[str]] = {}  # pulls in flight by canonical ref
@@ -319,9 +319,9 @@ class Runtime:
         return process
 
     def _listen(self, c: Container, process: Process, resumed: bool) -> None:
-        """Open the container's HTTP/TCP ports on its pod IP (see ``listeners``)."""
+        """Open the container's HTTP/TCP/gRPC ports on its pod IP (see ``listeners``)."""
         b = process.behaviour
-        if process.done or (b.http_port is None and b.tcp_port is None):
+        if process.done or (b.http_port is None and b.tcp_port is None and b.grpc_port is None):
             return
         sb = self.sandboxes.find(c.sandbox_id)
         if sb is None or not sb.ready:
@@ -330,7 +330,7 @@ class Runtime:
         def healthy() -> bool:
             return b.unhealthy_after_ns is None or self.clock.now_ns() - c.started_ns < b.unhealthy_after_ns
 
-        failures = self.listeners.open(c.id, sb.ip, b.http_port, b.tcp_port, healthy)
+        failures = self.listeners.open(c.id, sb.ip, b.http_port, b.tcp_port, healthy, b.grpc_port, b.grpc_service)
         if failures and not resumed:  # khelper reports a port it cannot get on stderr and carries on
             log_file = self.container_log(c)
             log_file.write(b"".join(encode_line(c.started_ns, "stderr", line.encode()) for line in failures))

@@ -89,6 +89,7 @@ class CriServer:
             await self._server.stop(grace)
             self._server = None
         self.runtime.shutdown()
+        await self.runtime.listeners.closed()  # the containers' gRPC servers have let their ports go
         with contextlib.suppress(FileNotFoundError):
             os.unlink(socket_path(self.endpoint))
         self._lock.release()
