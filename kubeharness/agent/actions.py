@@ -4,7 +4,7 @@
 :class:`~kubeharness.agent.observed.ObservedPod` and the crash-loop :class:`~kubeharness.agent.backoff.Backoff`
 (without changing it) and returns a :class:`PodActions`. The rules are those of ``kuberuntime_manager.go``
 (and ``kuberuntime/util``, ``kuberuntime_container.go``, ``container/helpers.go``), without sidecars,
-ephemeral containers, probes (part 2) or in-place resize:
+ephemeral containers or in-place resize:
 
 1. Sandbox: a new one is needed when there is none, when several are ready, when the newest is not ready,
    when its network namespace mode does not match hostNetwork, or when a non-host-network sandbox has no
@@ -16,8 +16,9 @@ ephemeral containers, probes (part 2) or in-place resize:
    :mod:`.status` reports it Failed). Nothing else starts until they are done.
 3. App containers that are not running are started if the policy says so (Always; OnFailure after a
    non-zero exit; Never: never again); one in unknown state is killed first. A running container whose
-   spec hash changed is killed and started again. When nothing is left running or to start, the pod is
-   killed.
+   spec hash changed is killed and started again; so is one whose liveness or startup probe failed
+   (``failed_probe``), unless restartPolicy is Never, when it is only killed; it is killed with the probe's
+   terminationGracePeriodSeconds when set. When nothing is left running or to start, the pod is killed.
 4. Back-off: a container to start whose last instance exited is held back while
    ``backoff.in_backoff`` says so; it appears in :attr:`PodActions.backing_off` with kubelet's
    CrashLoopBackOff reason and message instead. The caller calls ``backoff.next(*backoff_entry(...))``
@@ -27,6 +28,7 @@ ephemeral containers, probes (part 2) or in-place resize:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from kubeharness.agent import model
@@ -43,7 +45,8 @@ class ContainerToKill:
     container_id: str
     name: str
     message: str
-    reason: str = ""  # kubelet's kill reason ("Unknown" for unknown-state containers; probes in part 2)
+    reason: str = ""  # kubelet's kill reason: "Unknown" (unknown state), "Liveness" or "Startup" (a failed probe)
+    grace_period_s: int | None = None  # None: the pod's terminationGracePeriodSeconds
 
 
 @dataclass(frozen=True)
@@ -169,8 +172,17 @@ def _with_backoff(pod: Pod, observed: ObservedPod | None, actions: PodActions, b
     return replace(actions, init_container_to_start=init, containers_to_start=tuple(start), backing_off=tuple(held))
 
 
+# container id -> "Liveness" or "Startup" when that probe failed and the container must be killed
+FailedProbe = Callable[[str], str | None]
+
+
+def _no_failed_probe(_container_id: str) -> str | None:
+    return None
+
+
 def compute_pod_actions(pod: Pod, observed: ObservedPod | None, backoff: Backoff, now_ns: int, *,
-                        deleting: bool = False, grace_period_s: int | None = None) -> PodActions:
+                        deleting: bool = False, grace_period_s: int | None = None,
+                        failed_probe: FailedProbe = _no_failed_probe) -> PodActions:
     """Kubelet's computePodActions (plus the back-off check of its start step); pure."""
     if deleting:
         grace = grace_period_s if grace_period_s is not None else pod.spec.termination_grace_period_seconds
@@ -179,7 +191,7 @@ def compute_pod_actions(pod: Pod, observed: ObservedPod | None, backoff: Backoff
     if create:
         actions = _recreate(pod, observed, attempt, sandbox_id)
     else:
-        actions = _in_sandbox(pod, observed, attempt, sandbox_id)
+        actions = _in_sandbox(pod, observed, attempt, sandbox_id, failed_probe)
     return _with_backoff(pod, observed, actions, backoff, now_ns)
 
 
@@ -202,7 +214,8 @@ def _succeeded(observed: ObservedPod | None, container: Container) -> bool:
     return status is not None and status.state == EXITED and status.exit_code == 0
 
 
-def _in_sandbox(pod: Pod, observed: ObservedPod | None, attempt: int, sandbox_id: str) -> PodActions:
+def _in_sandbox(pod: Pod, observed: ObservedPod | None, attempt: int, sandbox_id: str,
+                failed_probe: FailedProbe) -> PodActions:
     kills: list[ContainerToKill] = []
     last_failed, next_init, done = next_init_container(pod, observed)
     if not done:
@@ -232,6 +245,16 @@ def _in_sandbox(pod: Pod, observed: ObservedPod | None, attempt: int, sandbox_id
             kills.append(ContainerToKill(status.id, status.name,
                                          f"Container {container.name} definition changed, will be restarted"))
             start.append(idx)
+            continue
+        kind = failed_probe(status.id)
+        if kind is not None:
+            probe = container.liveness_probe if kind == "Liveness" else container.startup_probe
+            message = f"Container {container.name} failed {kind.lower()} probe"
+            if pod.spec.restart_policy != model.NEVER:
+                message += ", will be restarted"
+                start.append(idx)
+            kills.append(ContainerToKill(status.id, status.name, message, kind,
+                                         probe.termination_grace_period_seconds if probe is not None else None))
             continue
         keep += 1
     return PodActions(kill_pod=keep == 0 and not start, sandbox_id=sandbox_id, attempt=attempt,

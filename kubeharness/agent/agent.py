@@ -6,6 +6,11 @@ the runtime's GetContainerEvents stream, where it has one, makes the PLEG relist
 a tick every ``syncFrequency`` wakes every worker; housekeeping every 2 s removes what belongs to pods
 no longer desired, collects dead containers beyond one per name, and forgets stale backoff entries.
 
+Probes (:mod:`.prober`): the probe manager runs a worker per probe of every admitted pod; a liveness or
+startup result that changes wakes the pod's worker (a failure kills the container), a readiness or startup
+change refreshes the pod's status at once. Events (probe failures, kills) are kept by :mod:`.events` and
+served on ``/events``; probe metrics on ``/metrics/probes``.
+
 A :class:`PodWorker` serializes its pod's work: it waits until the PLEG has relisted since its last sync
 (so it never acts twice on a stale view), computes the actions (:mod:`.actions`), records the status
 (:mod:`.status`), carries the actions out (:mod:`.kuberuntime`), and, while a container backs off, wakes
@@ -20,24 +25,31 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 from collections.abc import Coroutine
 from typing import Any
 
 import grpc
 
 from kubeharness import fsafe
-from kubeharness.agent.actions import compute_pod_actions
+from kubeharness.agent.actions import PodActions, compute_pod_actions
 from kubeharness.agent.backoff import Backoff
 from kubeharness.agent.config import AgentConfig
+from kubeharness.agent.events import Recorder
 from kubeharness.agent.httpserver import Answer, HttpServer
 from kubeharness.agent.kuberuntime import PodRuntime
 from kubeharness.agent.metrics import Registry
 from kubeharness.agent.model import Pod
 from kubeharness.agent.observed import RUNNING
 from kubeharness.agent.pleg import Pleg
+from kubeharness.agent.prober.manager import ProbeManager
+from kubeharness.agent.prober.metrics import ProbeMetrics
+from kubeharness.agent.prober.prober import Prober
+from kubeharness.agent.prober.results import Results
+from kubeharness.agent.prober.worker import LIVENESS, READINESS, STARTUP, ContainerView, PodView
 from kubeharness.agent.runtime_client import RuntimeClient
 from kubeharness.agent.sources import FileSource, HttpSource, PodSource, SourceUpdate
-from kubeharness.agent.status import RUNNING_PHASE, pod_status
+from kubeharness.agent.status import FAILED, RUNNING_PHASE, SUCCEEDED, pod_status
 from kubeharness.clock import Clock, seconds_to_ns
 from kubeharness.errors import FailedPrecondition
 from kubeharness.wire.cri import api_pb2 as api
@@ -90,15 +102,20 @@ class PodWorker:
 class Agent:
     """One node agent."""
 
-    def __init__(self, config: AgentConfig, clock: Clock, sources: list[PodSource] | None = None) -> None:
+    def __init__(self, config: AgentConfig, clock: Clock, sources: list[PodSource] | None = None, *,
+                 rng: random.Random | None = None) -> None:
         self.config = config
         self.clock = clock
         self.metrics = Registry()
+        self.recorder = Recorder(clock, config.node_name)
         self.client = RuntimeClient(config.container_runtime_endpoint, config.image_service_endpoint or None,
                                     self.metrics, config.runtime_request_timeout_s)
         self.pleg = Pleg(self.client, clock, on_relist=self.metrics.pleg_relist.observe)
         self.backoff = Backoff(config.crash_loop_initial_s, config.crash_loop_max_s, config.crash_loop_reset_s)
-        self.runtime = PodRuntime(self.client, config, clock, self.backoff, self.metrics)
+        self.runtime = PodRuntime(self.client, config, clock, self.backoff, self.metrics, recorder=self.recorder)
+        self.probe_metrics = ProbeMetrics()
+        self.probes = ProbeManager(Prober(clock, self.client, self.recorder, self.probe_metrics), clock,
+                                   self.probe_view, rng=rng)
         self.sources = sources if sources is not None else self._configured_sources()
         self.updates: asyncio.Queue[SourceUpdate] = asyncio.Queue()
         self.by_source: dict[str, dict[str, Pod]] = {}
@@ -106,6 +123,7 @@ class Agent:
         self.rejected: dict[str, tuple[Pod, str, str]] = {}  # uid -> (pod, reason, message)
         self.terminating: dict[str, Pod] = {}  # uid -> pod being killed after it left its source
         self.statuses: dict[str, dict[str, Any]] = {}
+        self.last_actions: dict[str, PodActions] = {}
         self.workers: dict[str, PodWorker] = {}
         self.seen_ns: dict[str, int] = {}
         self.runtime_name = ""
@@ -130,7 +148,8 @@ class Agent:
             fsafe.check_owner(self.config.root_dir, "the agent's root directory")
         except fsafe.FsafeError as err:
             raise FailedPrecondition(err.message) from None
-        routes = {"/pods": self._pods_answer, "/healthz": self._healthz_answer, "/metrics": self._metrics_answer}
+        routes = {"/pods": self._pods_answer, "/healthz": self._healthz_answer, "/metrics": self._metrics_answer,
+                  "/metrics/probes": self._probe_metrics_answer, "/events": self._events_answer}
         if self.config.read_only_port:
             self.servers.append(HttpServer(self.config.address, self.config.read_only_port, routes))
         if self.config.healthz_port:
@@ -140,7 +159,8 @@ class Agent:
             await server.start()
         loops: list[Coroutine[Any, Any, None]] = [
             self.pleg.run(), self._config_loop(), self._pleg_loop(), self._sync_loop(), self._housekeeping_loop(),
-            self._runtime_events_loop()]
+            self._runtime_events_loop(), *(self._probe_results_loop(r) for r in
+                                           (self.probes.liveness, self.probes.readiness, self.probes.startup))]
         loops.extend(source.run(self.updates) for source in self.sources)
         self._tasks = [asyncio.ensure_future(loop) for loop in loops]
 
@@ -151,6 +171,7 @@ class Agent:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await self.probes.stop()
         for server in self.servers:
             await server.stop()
         await self.client.close()
@@ -193,6 +214,18 @@ class Agent:
             await self.clock.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_S)
 
+    async def _probe_results_loop(self, results: Results) -> None:
+        """A changed probe result: liveness and startup wake the pod's worker (a failure kills the container);
+        readiness and startup refresh the pod's status at once (kubelet's handleProbeSync)."""
+        while True:
+            update = await results.updates.get()
+            if results.kind in (READINESS, STARTUP):
+                self.refresh_status(update.pod_uid)
+            if results.kind in (LIVENESS, STARTUP):
+                worker = self.workers.get(update.pod_uid)
+                if worker is not None:
+                    worker.request()
+
     async def _housekeeping_loop(self) -> None:
         while True:
             await self.clock.sleep(HOUSEKEEPING_PERIOD_S)
@@ -210,7 +243,6 @@ class Agent:
         for uid in list(self.desired):
             if uid not in wanted:
                 self.terminating[uid] = self.desired.pop(uid)
-                self.statuses.pop(uid, None)
                 self._worker(uid).request()
         for uid in list(self.rejected):
             if uid not in wanted:
@@ -227,6 +259,7 @@ class Agent:
                 continue
             self.desired[uid] = pod
             self.seen_ns.setdefault(uid, now)
+            self.probes.add_pod(pod)
             self._worker(uid).request()
 
     def _worker(self, uid: str) -> PodWorker:
@@ -249,13 +282,16 @@ class Agent:
             leaving = self.terminating.get(uid)
             await self.runtime.kill_pod(leaving, observed)
             worker.mark = self.pleg.started
+            await self.probes.remove_pod(uid)
+            self.statuses.pop(uid, None)
+            self.last_actions.pop(uid, None)
             self.terminating.pop(uid, None)
             self.workers.pop(uid, None)
             return True
         now = self.clock.now_ns()
-        actions = compute_pod_actions(pod, observed, self.backoff, now)
-        status = pod_status(pod, observed, now_ns=now, runtime_name=self.runtime_name or "containerd",
-                            reasons=self.runtime.reasons.get(uid), actions=actions, previous=self.statuses.get(uid))
+        actions = compute_pod_actions(pod, observed, self.backoff, now, failed_probe=self.probes.failed_probe)
+        self.last_actions[uid] = actions
+        status = self._status(pod, actions)
         self.statuses[uid] = status
         self._note_started(pod, status, now)
         await self.runtime.sync(pod, observed, actions)
@@ -266,6 +302,40 @@ class Agent:
                 actions.init_container_to_start is not None or actions.containers_to_kill:
             worker.request()  # look again once the PLEG has seen what we did
         return False
+
+    def _status(self, pod: Pod, actions: PodActions | None) -> dict[str, Any]:
+        return pod_status(pod, self.pleg.get(pod.uid), now_ns=self.clock.now_ns(),
+                          runtime_name=self.runtime_name or "containerd", reasons=self.runtime.reasons.get(pod.uid),
+                          actions=actions, previous=self.statuses.get(pod.uid), probes=self.probes)
+
+    def refresh_status(self, uid: str) -> None:
+        """Recompute a desired pod's status from what is known now (a probe result changed)."""
+        pod = self.desired.get(uid)
+        if pod is not None and uid in self.statuses:
+            self.statuses[uid] = self._status(pod, self.last_actions.get(uid))
+
+    def probe_view(self, uid: str, name: str) -> PodView | None:
+        """A probe worker's view of its pod and container, from the status the agent reports."""
+        pod, deleting = self.desired.get(uid), False
+        if pod is None:
+            pod, deleting = self.terminating.get(uid), True
+        status = self.statuses.get(uid)
+        if pod is None or status is None:
+            return None
+        container: ContainerView | None = None
+        for c in (*status.get("initContainerStatuses", []), *status.get("containerStatuses", [])):
+            if c.get("name") != name:
+                continue
+            container_id = str(c.get("containerID", "")).partition("://")[2]
+            observed = self.pleg.get(uid)
+            instance = observed.latest(name) if observed is not None else None
+            started_at = instance.started_ns if instance is not None and instance.id == container_id else 0
+            state = c.get("state", {})
+            container = ContainerView(container_id, "running" in state, started_at, "terminated" in state,
+                                      bool(c.get("started")))
+        return PodView(terminal=status.get("phase") in (SUCCEEDED, FAILED), deleting=deleting,
+                       restart_never=pod.spec.restart_policy == "Never", pod_ip=str(status.get("podIP", "")),
+                       container=container)
 
     async def _learn_runtime_name(self) -> None:
         """Ask the runtime's name once (for container ids ``<runtime>://<id>``), however many workers need it."""
@@ -321,6 +391,12 @@ class Agent:
             return Answer(500, b"[-]pleg failed: PLEG is not healthy: the runtime has not answered a relist "
                                b"within 3m0s\nhealthz check failed\n")
         return Answer(200, b"ok")
+
+    def _probe_metrics_answer(self) -> Answer:
+        return Answer(200, self.probe_metrics.render().encode(), "text/plain; version=0.0.4; charset=utf-8")
+
+    def _events_answer(self) -> Answer:
+        return Answer(200, json.dumps(self.recorder.event_list()).encode(), "application/json")
 
     def _metrics_answer(self) -> Answer:
         return Answer(200, self.metrics.render().encode(), "text/plain; version=0.0.4; charset=utf-8")

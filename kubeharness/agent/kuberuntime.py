@@ -22,6 +22,7 @@ from kubeharness.agent import labels, qos
 from kubeharness.agent.actions import PodActions, backoff_entry
 from kubeharness.agent.backoff import Backoff
 from kubeharness.agent.config import AgentConfig
+from kubeharness.agent.events import KILLING, NORMAL, Recorder, container_field_path
 from kubeharness.agent.metrics import Registry
 from kubeharness.agent.model import PULL_ALWAYS, PULL_NEVER, Container, Pod
 from kubeharness.agent.observed import EXITED, RUNNING, ObservedPod
@@ -115,14 +116,17 @@ class PodRuntime:
     metrics: Registry
     # pod uid -> container name -> (waiting reason, message): why a container could not be started
     reasons: dict[str, dict[str, tuple[str, str]]] = field(default_factory=dict)
+    recorder: Recorder | None = None
 
     async def sync(self, pod: Pod, observed: ObservedPod | None, actions: PodActions) -> None:
         """Carry out ``actions`` for ``pod``."""
         if actions.kill_pod:
             await self.kill_pod(pod, observed, actions.grace_period_s)
         else:
-            grace = pod.spec.termination_grace_period_seconds
             for kill in actions.containers_to_kill:
+                grace = kill.grace_period_s if kill.grace_period_s is not None else \
+                    pod.spec.termination_grace_period_seconds
+                self._killing(pod, kill.name, kill.message)
                 await unless_gone(self.client.stop_container(kill.container_id, grace))
         sandbox_id = actions.sandbox_id
         sandbox = sandbox_config(pod, actions.attempt, self.config)
@@ -200,10 +204,20 @@ class PodRuntime:
         grace = grace_s if grace_s is not None else (pod.spec.termination_grace_period_seconds if pod else 30)
         for c in observed.containers:
             if c.state == RUNNING:
+                if pod is not None:
+                    self._killing(pod, c.name, "")
                 await unless_gone(self.client.stop_container(c.id, grace))
         for sandbox in observed.sandboxes:
             if sandbox.ready:
                 await unless_gone(self.client.stop_sandbox(sandbox.id))
+
+    def _killing(self, pod: Pod, name: str, message: str) -> None:
+        """Kubelet's Killing event: the kill's reason, or "Stopping container <name>"."""
+        if self.recorder is None:
+            return
+        init = any(c.name == name for c in pod.spec.init_containers)
+        self.recorder.record(pod.namespace, pod.name, pod.uid, container_field_path(name, init), NORMAL, KILLING,
+                             message or f"Stopping container {name}")
 
     async def remove_pod(self, observed: ObservedPod) -> None:
         """Remove every container and sandbox of a pod that is no longer wanted (housekeeping)."""

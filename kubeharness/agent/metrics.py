@@ -68,6 +68,10 @@ class Counter(_Metric):
         key = _labels(self.label_names, label_values)
         self.values[key] = self.values.get(key, 0.0) + by
 
+    def remove(self, *label_values: str) -> None:
+        """Drop one series (a worker that ended)."""
+        self.values.pop(_labels(self.label_names, label_values), None)
+
     def render(self) -> list[str]:
         samples = (f"{self.name}{_fmt_labels(k)} {_fmt_value(v)}" for k, v in sorted(self.values.items()))
         return [*self.header(), *samples]
@@ -97,6 +101,9 @@ class Histogram(_Metric):
             counts[i] += 1
         totals[0] += value
         totals[1] += 1
+
+    def remove(self, *label_values: str) -> None:
+        self.series.pop(_labels(self.label_names, label_values), None)
 
     def render(self) -> list[str]:
         lines = self.header()

@@ -9,7 +9,8 @@ it returns the status as a JSON-ready dict. Rules from ``kubelet_pods.go`` (``co
 - Container statuses: every container starts as waiting (ContainerCreating, or PodInitializing when the pod
   has init containers); its newest instance sets ``state`` and the one before it ``lastState``; a container
   that should restart and has a recorded reason is shown waiting with that reason (its termination moves
-  to ``lastState``). Without probes (part 2) a running app container is started and ready; an init
+  to ``lastState``). ``started`` and ``ready`` of running app containers and sidecars come from the prober
+  (:class:`ProbeView`; without one, or without probes, a running container is started and ready); an init
   container is ready once it exited 0. App statuses are sorted by name, init statuses follow the spec.
 - Phase: Pending while init containers are pending or a container waits without a past termination; Failed
   when an init container failed under restartPolicy Never; Running while any container runs (none
@@ -17,7 +18,9 @@ it returns the status as a JSON-ready dict. Rules from ``kubelet_pods.go`` (``co
   Never, Running under OnFailure. A terminal previous phase is kept. Static pods never go terminal merely
   because the pod worker finished (kubelet's TODO), which is every pod of this agent.
 - Conditions: PodReadyToStartContainers (a usable sandbox exists), Initialized, Ready, ContainersReady,
-  PodScheduled; ``lastTransitionTime`` is kept from the previous status while a condition's status holds.
+  PodScheduled; Ready also needs every readiness gate's condition True (a static pod's gates have no
+  condition, as nothing but an API client sets them, so such a pod is never Ready);
+  ``lastTransitionTime`` is kept from the previous status while a condition's status holds.
 - ``startTime`` is kept from the previous status, else now; IPs: the newest ready sandbox's, one per family
   (the node's family first); a host-network pod gets the host's IPs.
 """
@@ -27,7 +30,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from kubeharness.agent import model
 from kubeharness.agent.actions import PodActions, sandbox_changed, should_restart
@@ -40,6 +43,14 @@ CONTAINER_CREATING, POD_INITIALIZING = "ContainerCreating", "PodInitializing"
 STATUS_UNKNOWN = "ContainerStatusUnknown"
 
 Status = dict[str, Any]
+
+
+class ProbeView(Protocol):
+    """What the prober says of a container (kubelet's prober manager's UpdatePodStatus)."""
+
+    def started(self, uid: str, name: str, container_id: str, running: bool) -> bool: ...
+
+    def ready(self, uid: str, name: str, container_id: str, running: bool) -> bool: ...
 
 
 def rfc3339(ns: int) -> str | None:
@@ -78,7 +89,7 @@ def _convert(c: ObservedContainer, runtime_name: str, old: Status | None) -> Sta
 
 def _container_statuses(pod: Pod, observed: ObservedPod | None, containers: Sequence[Container],
                         previous: Sequence[Status], *, is_init: bool, runtime_name: str,
-                        reasons: Mapping[str, tuple[str, str]]) -> list[Status]:
+                        reasons: Mapping[str, tuple[str, str]], probes: ProbeView | None = None) -> list[Status]:
     old_by_name = {s.get("name"): s for s in previous}
     default_reason = POD_INITIALIZING if pod.spec.init_containers else CONTAINER_CREATING
     statuses: dict[str, Status] = {}
@@ -117,13 +128,19 @@ def _container_statuses(pod: Pod, observed: ObservedPod | None, containers: Sequ
             status["lastState"] = status["state"]
         reason, message = reasons[c.name]
         status["state"] = {"waiting": {"reason": reason, **({"message": message} if message else {})}}
-    for status in statuses.values():  # the prober's view without probes
+    sidecars = {c.name for c in containers if is_init and c.restart_policy == model.ALWAYS}
+    for status in statuses.values():
         state = status["state"]
-        status["started"] = "running" in state
-        if is_init:
+        running = "running" in state
+        if is_init and status["name"] not in sidecars:
+            status["started"] = running
             status["ready"] = "terminated" in state and state["terminated"].get("exitCode") == 0
+        elif probes is None:
+            status["started"] = status["ready"] = running
         else:
-            status["ready"] = "running" in state
+            container_id = status.get("containerID", "").partition("://")[2]
+            status["started"] = probes.started(pod.uid, status["name"], container_id, running)
+            status["ready"] = probes.ready(pod.uid, status["name"], container_id, running)
     ordered = [statuses[c.name] for c in containers]
     return ordered if is_init else sorted(ordered, key=lambda s: str(s["name"]))
 
@@ -209,10 +226,27 @@ def _conditions(pod: Pod, observed: ObservedPod | None, init_statuses: Sequence[
                             "message": f"containers with unready status: {_go_list(unready)}"}
     else:
         containers_ready = {"type": "ContainersReady", "status": "True"}
-    conds.append({**containers_ready, "type": "Ready"})
+    conds.append(_ready(pod, containers_ready, conds))
     conds.append(containers_ready)
     conds.append({"type": "PodScheduled", "status": "True"})
     return conds
+
+
+def _ready(pod: Pod, containers_ready: Status, conditions: Sequence[Status]) -> Status:
+    """The Ready condition: ContainersReady's, and then every readiness gate's condition must be True
+    (kubelet's GeneratePodReadyCondition)."""
+    if containers_ready["status"] != "True":
+        return {**containers_ready, "type": "Ready"}
+    gates = [g.get("conditionType", "") for g in pod.raw.get("spec", {}).get("readinessGates") or []
+             if isinstance(g, dict)]
+    present = {c["type"]: c for c in conditions}
+    missing = [g for g in gates if g not in present]
+    unready = [g for g in gates if g in present and present[g]["status"] != "True"]
+    if not missing and not unready:
+        return {"type": "Ready", "status": "True"}
+    messages = [f'corresponding condition of pod readiness gate "{g}" does not exist.' for g in missing]
+    messages += [f'the status of pod readiness gate "{g}" is not "True", but {present[g]["status"]}' for g in unready]
+    return {"type": "Ready", "status": "False", "reason": "ReadinessGatesNotReady", "message": ", ".join(messages)}
 
 
 def _stamp(conditions: list[Status], previous: Sequence[Status], now: str | None) -> list[Status]:
@@ -243,16 +277,17 @@ def sort_pod_ips(ips: Sequence[str], host_ips: Sequence[str] = ()) -> list[str]:
 
 def pod_status(pod: Pod, observed: ObservedPod | None, *, now_ns: int, runtime_name: str = "containerd",
                host_ips: Sequence[str] = (), reasons: Mapping[str, tuple[str, str]] | None = None,
-               actions: PodActions | None = None, previous: Mapping[str, Any] | None = None) -> Status:
+               actions: PodActions | None = None, previous: Mapping[str, Any] | None = None,
+               probes: ProbeView | None = None) -> Status:
     """The pod's v1 PodStatus. ``reasons``: container name -> (waiting reason, message), kubelet's reason cache."""
     previous = previous or {}
     waiting = dict(reasons or {})
     if actions is not None:
         waiting.update({b.name: (b.reason, b.message) for b in actions.backing_off})
     inits = _container_statuses(pod, observed, pod.spec.init_containers, previous.get("initContainerStatuses", []),
-                                is_init=True, runtime_name=runtime_name, reasons=waiting)
+                                is_init=True, runtime_name=runtime_name, reasons=waiting, probes=probes)
     apps = _container_statuses(pod, observed, pod.spec.containers, previous.get("containerStatuses", []),
-                               is_init=False, runtime_name=runtime_name, reasons=waiting)
+                               is_init=False, runtime_name=runtime_name, reasons=waiting, probes=probes)
     pod_phase = phase(pod, inits, apps)
     if pod_phase not in (SUCCEEDED, FAILED) and previous.get("phase") in (SUCCEEDED, FAILED):
         pod_phase = previous["phase"]
