@@ -32,10 +32,11 @@ from typing import Any
 import grpc
 
 from kubeharness import fsafe
+from kubeharness.agent import deadline
 from kubeharness.agent.actions import PodActions, compute_pod_actions
 from kubeharness.agent.backoff import Backoff
 from kubeharness.agent.config import AgentConfig
-from kubeharness.agent.events import Recorder
+from kubeharness.agent.events import NORMAL, Recorder
 from kubeharness.agent.httpserver import Answer, HttpServer
 from kubeharness.agent.kuberuntime import PodRuntime
 from kubeharness.agent.metrics import Registry
@@ -124,6 +125,9 @@ class Agent:
         self.terminating: dict[str, Pod] = {}  # uid -> pod being killed after it left its source
         self.statuses: dict[str, dict[str, Any]] = {}
         self.last_actions: dict[str, PodActions] = {}
+        self.start_ns: dict[str, int] = {}  # uid -> when its status was first reported (its startTime)
+        self.deadline_passed: set[str] = set()
+        self.deadline_timers: set[str] = set()
         self.workers: dict[str, PodWorker] = {}
         self.seen_ns: dict[str, int] = {}
         self.runtime_name = ""
@@ -285,17 +289,30 @@ class Agent:
             await self.probes.remove_pod(uid)
             self.statuses.pop(uid, None)
             self.last_actions.pop(uid, None)
+            self.start_ns.pop(uid, None)
+            self.deadline_passed.discard(uid)
+            self.deadline_timers.discard(uid)
             self.terminating.pop(uid, None)
             self.workers.pop(uid, None)
             return True
         now = self.clock.now_ns()
-        actions = compute_pod_actions(pod, observed, self.backoff, now, failed_probe=self.probes.failed_probe)
+        left = deadline.remaining_ns(pod, self.start_ns.setdefault(uid, now), now)
+        if left is not None and left <= 0 and uid not in self.deadline_passed:
+            self.deadline_passed.add(uid)
+            self.recorder.record(pod.namespace, pod.name, pod.uid, "", NORMAL, deadline.REASON, deadline.MESSAGE)
+        if uid in self.deadline_passed:
+            actions = compute_pod_actions(pod, observed, self.backoff, now, deleting=True)
+        else:
+            actions = compute_pod_actions(pod, observed, self.backoff, now, failed_probe=self.probes.failed_probe)
         self.last_actions[uid] = actions
         status = self._status(pod, actions)
         self.statuses[uid] = status
         self._note_started(pod, status, now)
         await self.runtime.sync(pod, observed, actions)
         worker.mark = self.pleg.started
+        if left is not None and left > 0 and uid not in self.deadline_timers:
+            self.deadline_timers.add(uid)
+            worker.request_in(left / 1e9)
         if actions.backing_off:
             worker.request_in(min(b.remaining_ns for b in actions.backing_off) / 1e9)
         elif actions.kill_pod or actions.create_sandbox or actions.containers_to_start or \
@@ -306,7 +323,8 @@ class Agent:
     def _status(self, pod: Pod, actions: PodActions | None) -> dict[str, Any]:
         return pod_status(pod, self.pleg.get(pod.uid), now_ns=self.clock.now_ns(),
                           runtime_name=self.runtime_name or "containerd", reasons=self.runtime.reasons.get(pod.uid),
-                          actions=actions, previous=self.statuses.get(pod.uid), probes=self.probes)
+                          actions=actions, previous=self.statuses.get(pod.uid), probes=self.probes,
+                          evicted=(deadline.REASON, deadline.MESSAGE) if pod.uid in self.deadline_passed else None)
 
     def refresh_status(self, uid: str) -> None:
         """Recompute a desired pod's status from what is known now (a probe result changed)."""

@@ -21,6 +21,8 @@ it returns the status as a JSON-ready dict. Rules from ``kubelet_pods.go`` (``co
   PodScheduled; Ready also needs every readiness gate's condition True (a static pod's gates have no
   condition, as nothing but an API client sets them, so such a pod is never Ready);
   ``lastTransitionTime`` is kept from the previous status while a condition's status holds.
+- A pod ended by the agent (``evicted``: its activeDeadlineSeconds passed) is Failed with that reason and
+  message, as kubelet's pod sync handlers make it.
 - ``startTime`` is kept from the previous status, else now; IPs: the newest ready sandbox's, one per family
   (the node's family first); a host-network pod gets the host's IPs.
 """
@@ -278,8 +280,9 @@ def sort_pod_ips(ips: Sequence[str], host_ips: Sequence[str] = ()) -> list[str]:
 def pod_status(pod: Pod, observed: ObservedPod | None, *, now_ns: int, runtime_name: str = "containerd",
                host_ips: Sequence[str] = (), reasons: Mapping[str, tuple[str, str]] | None = None,
                actions: PodActions | None = None, previous: Mapping[str, Any] | None = None,
-               probes: ProbeView | None = None) -> Status:
-    """The pod's v1 PodStatus. ``reasons``: container name -> (waiting reason, message), kubelet's reason cache."""
+               probes: ProbeView | None = None, evicted: tuple[str, str] | None = None) -> Status:
+    """The pod's v1 PodStatus. ``reasons``: container name -> (waiting reason, message), kubelet's reason cache;
+    ``evicted``: (reason, message) when an internal module ended the pod (its active deadline passed): Failed."""
     previous = previous or {}
     waiting = dict(reasons or {})
     if actions is not None:
@@ -291,6 +294,8 @@ def pod_status(pod: Pod, observed: ObservedPod | None, *, now_ns: int, runtime_n
     pod_phase = phase(pod, inits, apps)
     if pod_phase not in (SUCCEEDED, FAILED) and previous.get("phase") in (SUCCEEDED, FAILED):
         pod_phase = previous["phase"]
+    if evicted is not None:
+        pod_phase = FAILED
     now = rfc3339(now_ns)
     status: Status = {"phase": pod_phase,
                       "conditions": _stamp(_conditions(pod, observed, inits, apps, pod_phase),
@@ -302,6 +307,8 @@ def pod_status(pod: Pod, observed: ObservedPod | None, *, now_ns: int, runtime_n
     if pod_ips:
         status["podIP"] = pod_ips[0]
         status["podIPs"] = [{"ip": ip} for ip in pod_ips]
+    if evicted is not None:
+        status["reason"], status["message"] = evicted
     status["startTime"] = previous.get("startTime") or now
     if pod.spec.init_containers:
         status["initContainerStatuses"] = inits
