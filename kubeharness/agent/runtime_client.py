@@ -11,7 +11,7 @@ raised as ``grpc.aio.AioRpcError``: UNAVAILABLE while the runtime is gone, which
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import TypeVar
 
 import grpc
@@ -132,6 +132,15 @@ class RuntimeClient:
     async def remove_container(self, container_id: str) -> None:
         await self._call("remove_container", self.runtime.RemoveContainer(
             api.RemoveContainerRequest(container_id=container_id), timeout=self.timeout_s))
+
+    async def exec_sync(self, container_id: str, cmd: Sequence[str], timeout_s: float) -> api.ExecSyncResponse:
+        """Run ``cmd`` in the container (ExecSync); the runtime stops it after ``timeout_s`` (whole seconds, 0
+        for no limit) and answers DEADLINE_EXCEEDED. As kubelet's, the call may take the request timeout
+        on top of that, and has no deadline at all when ``timeout_s`` is 0."""
+        seconds = int(timeout_s)
+        request = api.ExecSyncRequest(container_id=container_id, cmd=list(cmd), timeout=seconds)
+        deadline = self.timeout_s + seconds if seconds else None
+        return await self._call("exec_sync", self.runtime.ExecSync(request, timeout=deadline))
 
     def container_events(self) -> grpc.aio.UnaryStreamCall[api.GetEventsRequest, api.ContainerEventResponse]:
         """The runtime's event stream (GetContainerEvents); UNIMPLEMENTED on runtimes without it."""
