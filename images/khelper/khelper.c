@@ -1565,63 +1565,74 @@ static void grpc_answer(struct h2 *h, uint32_t stream, int status, const char *m
     free(block.p);
 }
 
-/* Decode HealthCheckRequest (string service = 1) from a protobuf message; false when malformed. The
- * last occurrence of the field wins and unknown fields are skipped, as protobuf parsers do. */
+/* A protobuf varint: at most 10 bytes (bits beyond 64 dropped, as protobuf parsers do). */
+static bool pb_varint(const unsigned char **p, const unsigned char *end, uint64_t *v) {
+    uint64_t x = 0;
+    for (unsigned i = 0; i < 10; i++) {
+        if (*p >= end)
+            return false;
+        unsigned char b = *(*p)++;
+        x |= (uint64_t)(b & 0x7F) << (7 * i);
+        if (!(b & 0x80)) {
+            *v = x;
+            return true;
+        }
+    }
+    return false;
+}
+
+enum { PB_MAX_DEPTH = 100 }; /* the nesting protobuf's parser allows */
+
+/* The fields of a message, or of a group (`group` its field number) up to its END_GROUP. Unknown fields,
+ * field 1 with another wire type among them, are skipped; only the message's own field 1 sets service. */
+static bool pb_fields(const unsigned char **p, const unsigned char *end, uint64_t group, unsigned depth,
+                      const unsigned char **service, size_t *service_len) {
+    while (*p < end) {
+        uint64_t tag, v;
+        if (!pb_varint(p, end, &tag) || tag > UINT32_MAX || tag >> 3 == 0)
+            return false;
+        uint64_t field = tag >> 3;
+        switch (tag & 7) {
+        case 0:
+            if (!pb_varint(p, end, &v))
+                return false;
+            break;
+        case 1:
+        case 5: {
+            size_t width = (tag & 7) == 1 ? 8 : 4;
+            if ((size_t)(end - *p) < width)
+                return false;
+            *p += width;
+            break;
+        }
+        case 2:
+            if (!pb_varint(p, end, &v) || v > (uint64_t)(end - *p))
+                return false;
+            if (group == 0 && field == 1) {
+                *service = *p;
+                *service_len = (size_t)v; /* the last occurrence wins */
+            }
+            *p += v;
+            break;
+        case 3:
+            if (depth >= PB_MAX_DEPTH || !pb_fields(p, end, field, depth + 1, service, service_len))
+                return false;
+            break;
+        case 4:
+            return group != 0 && field == group;
+        default:
+            return false;
+        }
+    }
+    return group == 0; /* a group without its END_GROUP does not parse */
+}
+
+/* Decode HealthCheckRequest (string service = 1) as protobuf's parser does; false when it would fail. */
 static bool parse_health_request(const unsigned char *p, size_t n, const unsigned char **service, size_t *service_len) {
-    const unsigned char *end = p + n;
     *service = p;
     *service_len = 0;
-    while (p < end) {
-        uint64_t tag = 0, len = 0;
-        for (unsigned shift = 0;; shift += 7) {
-            if (p >= end || shift > 63)
-                return false;
-            tag |= (uint64_t)(*p & 0x7F) << shift;
-            if (!(*p++ & 0x80))
-                break;
-        }
-        unsigned wire = (unsigned)(tag & 7);
-        if (tag >> 3 == 0)
-            return false;
-        switch (wire) {
-        case 0: /* varint */
-            for (unsigned shift = 0;; shift += 7) {
-                if (p >= end || shift > 63)
-                    return false;
-                if (!(*p++ & 0x80))
-                    break;
-            }
-            break;
-        case 1: /* 64-bit */
-        case 5: /* 32-bit */
-            if ((size_t)(end - p) < (wire == 1 ? 8u : 4u))
-                return false;
-            p += wire == 1 ? 8 : 4;
-            break;
-        case 2: /* length-delimited */
-            for (unsigned shift = 0;; shift += 7) {
-                if (p >= end || shift > 63)
-                    return false;
-                len |= (uint64_t)(*p & 0x7F) << shift;
-                if (!(*p++ & 0x80))
-                    break;
-            }
-            if (len > (uint64_t)(end - p))
-                return false;
-            if (tag >> 3 == 1) {
-                if (tag != ((1 << 3) | 2))
-                    return false;
-                *service = p;
-                *service_len = (size_t)len;
-            }
-            p += len;
-            break;
-        default: /* groups (3, 4) and the undefined 6, 7 */
-            return false;
-        }
-        if (tag >> 3 == 1 && wire != 2)
-            return false; /* field 1 is a string: any other wire type does not parse */
-    }
+    if (!pb_fields(&p, p + n, 0, 0, service, service_len))
+        return false;
     /* a proto3 string must be valid UTF-8 */
     for (size_t i = 0; i < *service_len;) {
         unsigned char tmp[4] = {0, 0, 0, 0};
