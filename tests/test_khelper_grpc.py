@@ -56,7 +56,7 @@ def check(channel: grpc.Channel, service: str = "", metadata: tuple[tuple[str, s
 
 def outcome(channel: grpc.Channel, method: str, request: bytes) -> tuple[str, str, bytes]:
     """(status code name, details, response bytes) of one unary call with raw bytes."""
-    call = channel.unary_unary(method)
+    call = channel.unary_unary(method, None, None)
     try:
         return "OK", "", call(request, timeout=10)
     except grpc.RpcError as err:
@@ -253,7 +253,7 @@ async def test_khelper_and_the_emulator_answer_alike(khelper: Path, env: dict[st
                     results = []
                     for method, body in CASES:
                         try:
-                            results.append(("OK", "", await channel.unary_unary(method)(body, timeout=10)))
+                            results.append(("OK", "", await channel.unary_unary(method, None, None)(body, timeout=10)))
                         except grpc.aio.AioRpcError as err:
                             results.append((err.code().name, err.details() or "", b""))
                     answers[target] = results

@@ -61,7 +61,8 @@ class _Listener:
         self.healthy = healthy
         self.clock = clock
         self.loop = asyncio.get_running_loop()
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.tasks: set[asyncio.Task[None]] = set()  # one per connection being served
+        self.hanging = 0  # of which on /hang
         self.loop.add_reader(sock.fileno(), self._accept)
 
     def _accept(self) -> None:
@@ -94,8 +95,12 @@ class _Listener:
                 reply = httpanswers.answer(data, self.healthy())
                 if reply is None:  # /hang: no answer, and no idle close; the client's EOF ends it
                     timer.cancel()
-                    while await reader.read(REQUEST_MAX_BYTES):
-                        pass
+                    self.hanging += 1
+                    try:
+                        while await reader.read(REQUEST_MAX_BYTES):
+                            pass
+                    finally:
+                        self.hanging -= 1
                     return
                 writer.write(reply)
                 await writer.drain()
@@ -189,6 +194,11 @@ class PortListeners:
         """Wait until every gRPC server that was closed has let its port go."""
         while self._stopping:
             await asyncio.gather(*self._stopping, return_exceptions=True)
+
+    def connections_of(self, container_id: str) -> tuple[int, int]:
+        """How many HTTP connections a container's listeners serve, and how many of them are on /hang."""
+        listeners = self._by_container.get(container_id, [])
+        return sum(len(listener.tasks) for listener in listeners), sum(listener.hanging for listener in listeners)
 
     def ports_of(self, container_id: str) -> list[tuple[str, int]]:
         """Where a container listens (for logs and verbose status)."""
