@@ -13,6 +13,7 @@ import concurrent.futures
 import http.client
 import os
 import select
+import shutil
 import socket
 import struct
 import time
@@ -348,3 +349,18 @@ def test_replies_are_byte_for_byte_the_emulators(http_helper: int, method: str, 
         while chunk := raw.recv(4096):
             reply += chunk
     assert reply == expected
+
+
+def test_the_image_build_notices_a_changed_khelper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``kubeharness env`` skips the image build while its stamp matches the sources' digest: a change to
+    khelper.c must change the digest, or the test image would keep an old khelper."""
+    from kubeharness.env import images
+
+    copy = tmp_path / "images"
+    shutil.copytree(images.SOURCES, copy)
+    monkeypatch.setattr(images, "SOURCES", copy)
+    before = images.sources_digest()
+    assert images.sources_digest() == before
+    source = copy / "khelper" / "khelper.c"
+    source.write_text(source.read_text() + "\n/* changed */\n")
+    assert images.sources_digest() != before
