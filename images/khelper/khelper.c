@@ -1934,8 +1934,10 @@ static bool h2_flush(struct conn *c) {
             return false;
         sent += (size_t)w;
     }
-    memmove(h->out.p, h->out.p + sent, h->out.n - sent);
-    h->out.n -= sent;
+    if (sent) {
+        memmove(h->out.p, h->out.p + sent, h->out.n - sent);
+        h->out.n -= sent;
+    }
     return h->out.n <= H2_OUT_MAX;
 }
 
