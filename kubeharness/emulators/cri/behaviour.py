@@ -20,7 +20,7 @@ or a bare number of seconds)::
     --http-port=N           serve HTTP on port N: any path answers 200 "ok" while healthy, 503 "unhealthy"
                             from --unhealthy-after on; /redirect?loc=L answers 302 Found to L (percent-
                             decoded; a path or an absolute URL), /status?code=N answers N (100-599, else
-                            400), /hang never answers (see listeners.py for the exact bytes)
+                            400), /hang never answers (httpanswers.py has the exact bytes)
     --tcp-port=N            accept TCP connections on port N
     --grpc-port=N           serve grpc.health.v1.Health on port N (HTTP/2 without TLS): Check answers
                             SERVING while healthy, NOT_SERVING from --unhealthy-after on, for the service
