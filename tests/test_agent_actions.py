@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -9,13 +10,13 @@ import pytest
 from kubeharness.agent.actions import (
     CRASH_LOOP_BACK_OFF,
     PodActions,
+    any_app_container_created,
     backoff_entry,
     compute_pod_actions,
-    next_init_container,
     sandbox_changed,
 )
 from kubeharness.agent.backoff import Backoff
-from kubeharness.agent.model import ALWAYS, NEVER, ON_FAILURE, Container, Pod, PodSpec
+from kubeharness.agent.model import ALWAYS, NEVER, ON_FAILURE, Container, ExecAction, Pod, PodSpec, Probe
 from kubeharness.agent.observed import (
     CREATED,
     EXITED,
@@ -70,7 +71,7 @@ class Want:
     kill_pod: bool = False
     create: bool = False
     attempt: int = 0
-    init: int | None = None
+    init: tuple[int, ...] = ()
     start: tuple[int, ...] = ()
     kill: tuple[str, ...] = ()
     sandbox_id: str = "sb1"
@@ -78,7 +79,7 @@ class Want:
 
 
 def check(actions: PodActions, want: Want) -> None:
-    got = Want(actions.kill_pod, actions.create_sandbox, actions.attempt, actions.init_container_to_start,
+    got = Want(actions.kill_pod, actions.create_sandbox, actions.attempt, actions.init_containers_to_start,
                actions.containers_to_start, tuple(k.container_id for k in actions.containers_to_kill),
                actions.sandbox_id, actions.init_failed)
     assert got == want
@@ -88,7 +89,7 @@ CASES: list[tuple[str, Pod, ObservedPod | None, Want]] = [
     ("new pod: sandbox and all containers", make_pod("a", "b"), None,
      Want(kill_pod=True, create=True, start=(0, 1), sandbox_id="")),
     ("new pod with init containers: the first init container", make_pod("a", init=("i1", "i2")), None,
-     Want(kill_pod=True, create=True, init=0, sandbox_id="")),
+     Want(kill_pod=True, create=True, init=(0,), sandbox_id="")),
     ("sandbox not ready: next attempt, everything again", make_pod("a"),
      observed(ctr("a", EXITED, exit_code=1), sandboxes=(sandbox(attempt=2, state=NOTREADY),)),
      Want(kill_pod=True, create=True, attempt=3, start=(0,))),
@@ -111,23 +112,23 @@ CASES: list[tuple[str, Pod, ObservedPod | None, Want]] = [
      Want(kill_pod=True, create=True, attempt=1, start=(1,))),
     ("sandbox gone with init containers: start over", make_pod("a", init=("i1",)),
      observed(ctr("i1", EXITED), ctr("a", EXITED, exit_code=1, created_ns=300), sandboxes=(sandbox(state=NOTREADY),)),
-     Want(kill_pod=True, create=True, attempt=1, init=0)),
+     Want(kill_pod=True, create=True, attempt=1, init=(0,))),
     ("first init container done: the second", make_pod("a", init=("i1", "i2")), observed(ctr("i1", EXITED)),
-     Want(init=1)),
+     Want(init=(1,))),
     ("an init container running: wait", make_pod("a", init=("i1", "i2")),
      observed(ctr("i1", EXITED), ctr("i2", created_ns=300)), Want()),
     ("init done: app containers", make_pod("a", "b", init=("i1",)), observed(ctr("i1", EXITED)),
      Want(start=(0, 1))),
     ("failed init container, Always: run it again", make_pod("a", init=("i1",)),
-     observed(ctr("i1", EXITED, exit_code=1)), Want(init=0)),
+     observed(ctr("i1", EXITED, exit_code=1)), Want(init=(0,))),
     ("failed init container, OnFailure: run it again", make_pod("a", init=("i1",), policy=ON_FAILURE),
-     observed(ctr("i1", EXITED, exit_code=1)), Want(init=0)),
+     observed(ctr("i1", EXITED, exit_code=1)), Want(init=(0,))),
     ("OOM-killed init container counts as failed", make_pod("a", init=("i1",)),
-     observed(ctr("i1", EXITED, reason="OOMKilled")), Want(init=0)),
+     observed(ctr("i1", EXITED, reason="OOMKilled")), Want(init=(0,))),
     ("failed init container, Never: the pod fails", make_pod("a", init=("i1",), policy=NEVER),
      observed(ctr("i1", EXITED, exit_code=1)), Want(kill_pod=True, init_failed=True)),
     ("init container in unknown state: kill, then run", make_pod("a", init=("i1",)),
-     observed(ctr("i1", UNKNOWN, cid="x")), Want(init=0, kill=("x",))),
+     observed(ctr("i1", UNKNOWN, cid="x")), Want(init=(0,), kill=("x",))),
     ("app container running means init is done", make_pod("a", init=("i1",)), observed(ctr("a")), Want()),
     ("running, same spec: keep", make_pod("a"), observed(ctr("a")), Want()),
     ("running, spec changed: kill and restart", make_pod("a"), observed(ctr("a", cid="old", spec_hash="h-old")),
@@ -186,7 +187,7 @@ def test_an_init_container_in_backoff_waits() -> None:
     assert entry is not None
     backoff.next(*entry, now_ns=NOW)
     actions = compute_pod_actions(pod, seen, backoff, NOW + 1 * S)
-    assert actions.init_container_to_start is None and [b.name for b in actions.backing_off] == ["i1"]
+    assert actions.init_containers_to_start == () and [b.name for b in actions.backing_off] == ["i1"]
 
 
 def test_compute_pod_actions_does_not_change_the_backoff() -> None:
@@ -196,8 +197,78 @@ def test_compute_pod_actions_does_not_change_the_backoff() -> None:
     assert len(backoff) == 0
 
 
-def test_sandbox_changed_and_next_init_helpers() -> None:
+def test_sandbox_changed_and_initialized_helpers() -> None:
     assert sandbox_changed(make_pod("a"), None) == (True, 0, "")
     assert sandbox_changed(make_pod("a"), observed(sandboxes=(sandbox(attempt=4),))) == (False, 4, "sb1")
-    assert next_init_container(make_pod("a"), None) == (None, None, True)
-    assert next_init_container(make_pod("a", init=("i1", "i2")), observed(ctr("i1", EXITED), ctr("i2", EXITED)))[2]
+    assert any_app_container_created(make_pod("a"), observed(ctr("a", CREATED)))
+    assert any_app_container_created(make_pod("a", init=("i1",)), observed(ctr("i1"), ctr("a", EXITED)))
+    assert not any_app_container_created(make_pod("a", init=("i1",)), observed(ctr("i1"), ctr("a", EXITED)),
+                                         (CREATED, RUNNING))
+
+
+# -- sidecars (restartable init containers) ----------------------------------------------------------
+
+PROBE = Probe(ExecAction(("true",)))
+
+
+def sidecar_pod(*, startup: bool = False, liveness: bool = False, policy: str = ALWAYS) -> Pod:
+    """Init containers: sidecar ``s`` (restartPolicy Always), then ordinary ``i``; app container ``a``."""
+    side = Container(name="s", image="img-s", spec_hash="h-s", restart_policy=ALWAYS,
+                     startup_probe=PROBE if startup else None, liveness_probe=PROBE if liveness else None)
+    return Pod(uid="uid-1", name="web", namespace="default",
+               spec=PodSpec(containers=(Container(name="a", image="img-a", spec_hash="h-a"),),
+                            init_containers=(side, Container(name="i", image="img-i", spec_hash="h-i")),
+                            restart_policy=policy))
+
+
+def results(**by_container: str) -> Callable[[str, str], str | None]:
+    """Probe results by "<kind>_<container>" (e.g. Startup_s="success") for containers ``c-<name>-200``."""
+    def result_of(kind: str, container_id: str) -> str | None:
+        name = container_id.split("-")[1]
+        return by_container.get(f"{kind}_{name}")
+    return result_of
+
+
+SIDECAR_CASES: list[tuple[str, Pod, ObservedPod | None, Callable[[str, str], str | None], Want]] = [
+    ("new pod: the sidecar first", sidecar_pod(), None, results(),
+     Want(kill_pod=True, create=True, init=(0,), sandbox_id="")),
+    ("sidecar running: the next init container starts beside it", sidecar_pod(), observed(ctr("s")), results(),
+     Want(init=(1,))),
+    ("sidecar with a startup probe not yet run: wait", sidecar_pod(startup=True), observed(ctr("s")), results(),
+     Want()),
+    ("sidecar started: the next one", sidecar_pod(startup=True), observed(ctr("s")), results(Startup_s="success"),
+     Want(init=(1,))),
+    ("sidecar failed its startup probe: kill and restart it", sidecar_pod(startup=True), observed(ctr("s")),
+     results(Startup_s="failure"), Want(init=(0,), kill=("c-s-200",))),
+    ("initialized: the app containers, the sidecar kept", sidecar_pod(),
+     observed(ctr("s"), ctr("i", EXITED, created_ns=300)), results(), Want(start=(0,))),
+    ("a sidecar that exited is restarted whatever the pod's policy", sidecar_pod(policy=NEVER),
+     observed(ctr("s", EXITED, exit_code=0), ctr("i", EXITED, created_ns=300), ctr("a", created_ns=400)),
+     results(), Want(init=(0,))),
+    ("a sidecar that failed its liveness probe is restarted", sidecar_pod(liveness=True),
+     observed(ctr("s"), ctr("i", EXITED, created_ns=300), ctr("a", created_ns=400)), results(Liveness_s="failure"),
+     Want(init=(0,), kill=("c-s-200",))),
+    ("a changed sidecar is restarted", sidecar_pod(),
+     observed(ctr("s", spec_hash="old"), ctr("i", EXITED, created_ns=300), ctr("a", created_ns=400)), results(),
+     Want(init=(0,), kill=("c-s-200",))),
+    ("sidecars do not keep a finished pod alive", sidecar_pod(policy=NEVER),
+     observed(ctr("s"), ctr("i", EXITED, created_ns=300), ctr("a", EXITED, created_ns=400)), results(),
+     Want(kill_pod=True)),
+]
+
+
+@pytest.mark.parametrize(("pod", "seen", "probes", "want"), [c[1:] for c in SIDECAR_CASES],
+                         ids=[c[0] for c in SIDECAR_CASES])
+def test_compute_pod_actions_with_sidecars(pod: Pod, seen: ObservedPod | None,
+                                           probes: Callable[[str, str], str | None], want: Want) -> None:
+    check(compute_pod_actions(pod, seen, Backoff(), NOW, probe_result=probes), want)
+
+
+def test_kill_messages_of_sidecars_and_app_containers() -> None:
+    seen = observed(ctr("s"), ctr("i", EXITED, created_ns=300), ctr("a", created_ns=400))
+    actions = compute_pod_actions(sidecar_pod(liveness=True), seen, Backoff(), NOW,
+                                  probe_result=results(Liveness_s="failure", Liveness_a="failure"))
+    assert [(k.name, k.message, k.reason) for k in actions.containers_to_kill] == [
+        ("s", "Init container s failed liveness probe", "Liveness"),
+        ("a", "Container a failed liveness probe, will be restarted", "Liveness")]
+    assert actions.init_containers_to_start == (0,) and actions.containers_to_start == (0,)

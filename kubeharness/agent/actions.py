@@ -3,17 +3,21 @@
 :func:`compute_pod_actions` is pure: it reads the desired :class:`~kubeharness.agent.model.Pod`, the
 :class:`~kubeharness.agent.observed.ObservedPod` and the crash-loop :class:`~kubeharness.agent.backoff.Backoff`
 (without changing it) and returns a :class:`PodActions`. The rules are those of ``kuberuntime_manager.go``
-(and ``kuberuntime/util``, ``kuberuntime_container.go``, ``container/helpers.go``), without sidecars,
-ephemeral containers or in-place resize:
+(and ``kuberuntime/util``, ``kuberuntime_container.go``, ``container/helpers.go``), without ephemeral
+containers or in-place resize:
 
 1. Sandbox: a new one is needed when there is none, when several are ready, when the newest is not ready,
    when its network namespace mode does not match hostNetwork, or when a non-host-network sandbox has no
    IP. Then the whole pod is killed and restarted from its first init container (attempt = highest
    attempt + 1), except that a pod whose restartPolicy is Never and that already ran containers is only
    killed, and a pod with nothing left to start (OnFailure and all succeeded, after initialization) too.
-2. Init containers run one at a time, in order, to completion. A failed one (non-zero exit, OOMKilled or
-   unknown state) is started again unless restartPolicy is Never, in which case the pod is killed (and
-   :mod:`.status` reports it Failed). Nothing else starts until they are done.
+2. Init containers (kubelet's computeInitContainerActions, read from the last one backwards): ordinary ones
+   run one at a time, in order, to completion; a failed one (non-zero exit, OOMKilled or unknown state) is
+   started again unless restartPolicy is Never, in which case the pod is killed (and :mod:`.status`
+   reports it Failed). A sidecar (``restartPolicy: Always`` on an init container) counts as done once it
+   runs and its startup probe, if any, succeeded; then the next init container starts while it keeps
+   running; it is restarted whenever it exits (whatever the pod's policy), fails its startup or liveness
+   probe, or its spec changes. App containers start once every init container is done.
 3. App containers that are not running are started if the policy says so (Always; OnFailure after a
    non-zero exit; Never: never again); one in unknown state is killed first. A running container whose
    spec hash changed is killed and started again; so is one whose liveness or startup probe failed
@@ -34,7 +38,7 @@ from dataclasses import dataclass, replace
 from kubeharness.agent import model
 from kubeharness.agent.backoff import Backoff, BackoffKey, backoff_key, go_duration
 from kubeharness.agent.model import Container, Pod
-from kubeharness.agent.observed import EXITED, RUNNING, UNKNOWN, ObservedContainer, ObservedPod
+from kubeharness.agent.observed import CREATED, EXITED, RUNNING, UNKNOWN, ObservedContainer, ObservedPod
 
 CRASH_LOOP_BACK_OFF = "CrashLoopBackOff"
 OOM_KILLED = "OOMKilled"
@@ -65,7 +69,7 @@ class PodActions:
     create_sandbox: bool = False  # then run a new sandbox (and remove the old init containers)
     sandbox_id: str = ""  # the existing sandbox, to start containers in
     attempt: int = 0  # the sandbox attempt to create (or of the existing one)
-    init_container_to_start: int | None = None  # index into spec.init_containers
+    init_containers_to_start: tuple[int, ...] = ()  # indexes into spec.init_containers, in spec order
     containers_to_start: tuple[int, ...] = ()  # indexes into spec.containers
     containers_to_kill: tuple[ContainerToKill, ...] = ()
     backing_off: tuple[BackingOff, ...] = ()
@@ -108,28 +112,101 @@ def _init_failed(status: ObservedContainer) -> bool:
     return status.reason == OOM_KILLED or status.state == UNKNOWN or (status.state == EXITED and status.exit_code != 0)
 
 
-def next_init_container(pod: Pod, observed: ObservedPod | None) -> tuple[ObservedContainer | None, int | None, bool]:
-    """(last failed init instance, index of the init container to run next, all done), as kubelet's."""
+def is_sidecar(container: Container) -> bool:
+    """A restartable init container (``restartPolicy: Always``)."""
+    return container.restart_policy == model.ALWAYS
+
+
+def any_app_container_created(pod: Pod, observed: ObservedPod | None,
+                              states: tuple[str, ...] = (CREATED, RUNNING, EXITED)) -> bool:
+    """An app container exists in one of ``states``: the pod was initialized (kubelet's
+    hasAnyRegularContainerCreated; its computeInitContainerActions counts only created and running ones, as an
+    exited one may be from a sandbox before a reboot)."""
+    return observed is not None and any(
+        (s := observed.latest(c.name)) is not None and s.state in states for c in pod.spec.containers)
+
+
+@dataclass
+class _InitPlan:
+    start: list[int]
+    kills: list[ContainerToKill]
+    kill_pod: bool = False
+    initialized: bool = False
+
+
+def _init_actions(pod: Pod, observed: ObservedPod | None, probe_result: ProbeResultOf) -> _InitPlan:
+    """Kubelet's computeInitContainerActions: which init containers to (re)start and kill; done or not."""
+    plan = _InitPlan([], [])
     inits = pod.spec.init_containers
     if not inits:
-        return None, None, True
-    if observed is None:
-        return None, 0, False
-    if any((s := observed.latest(c.name)) is not None and s.state == RUNNING for c in pod.spec.containers):
-        return None, None, True
+        plan.initialized = True
+        return plan
+    plan.initialized = any_app_container_created(pod, observed, (CREATED, RUNNING))
+    previously = plan.initialized
+    restart_on_failure = pod.spec.restart_policy != model.NEVER
     for i in range(len(inits) - 1, -1, -1):
-        status = observed.latest(inits[i].name)
-        if status is not None and _init_failed(status):
-            return status, i, False
-    for i in range(len(inits) - 1, -1, -1):
-        status = observed.latest(inits[i].name)
+        container = inits[i]
+        status = observed.latest(container.name) if observed is not None else None
         if status is None:
+            if previously and is_sidecar(container):
+                plan.start.append(i)
             continue
-        if status.state == RUNNING:
-            return None, None, False
-        if status.state == EXITED:
-            return (None, None, True) if i == len(inits) - 1 else (None, i + 1, False)
-    return None, 0, False
+        if previously and not is_sidecar(container):
+            continue  # after initialization only sidecars are kept running
+        if status.state == CREATED:
+            plan.start.append(i)  # started in the same step as created: it failed to start
+        elif status.state == RUNNING:
+            if is_sidecar(container):
+                _running_sidecar(plan, pod, container, status, i, previously, probe_result)
+        elif status.state == EXITED:
+            if is_sidecar(container):
+                plan.start.append(i)
+            elif _init_failed(status):
+                plan.start.append(i)
+                if not restart_on_failure:
+                    return _InitPlan([], plan.kills, kill_pod=True)
+            elif i == len(inits) - 1:
+                plan.initialized = True
+            else:
+                plan.start.append(i + 1)
+        else:  # unknown
+            if not is_sidecar(container) and not restart_on_failure:
+                return _InitPlan([], plan.kills, kill_pod=True)
+            plan.kills.append(ContainerToKill(status.id, status.name,
+                                              'Init container is in "unknown" state, try killing it before restart',
+                                              "Unknown"))
+            plan.start.append(i)
+        previously = True
+    if not previously:
+        plan.start.append(0)
+    plan.start.reverse()
+    return plan
+
+
+def _running_sidecar(plan: _InitPlan, pod: Pod, container: Container, status: ObservedContainer, i: int,
+                     previously: bool, probe_result: ProbeResultOf) -> None:
+    if container.startup_probe is not None:
+        startup = probe_result(STARTUP, status.id)
+        if startup == FAILURE:
+            plan.kills.append(ContainerToKill(status.id, status.name, f"Init container {container.name} failed "
+                                              "startup probe", STARTUP,
+                                              container.startup_probe.termination_grace_period_seconds))
+            plan.start.append(i)
+        if startup != SUCCESS:
+            return  # not started yet: wait for its startup probe
+    if i == len(pod.spec.init_containers) - 1:
+        plan.initialized = True
+    elif not previously:
+        plan.start.append(i + 1)  # initialized for the first time: start the next one
+    if status.spec_hash != container.spec_hash:
+        plan.kills.append(ContainerToKill(status.id, status.name,
+                                          f"Init container {container.name} definition changed"))
+        plan.start.append(i)
+        return
+    if container.liveness_probe is not None and probe_result(LIVENESS, status.id) == FAILURE:
+        plan.kills.append(ContainerToKill(status.id, status.name, f"Init container {container.name} failed liveness "
+                                          "probe", LIVENESS, container.liveness_probe.termination_grace_period_seconds))
+        plan.start.append(i)
 
 
 def backoff_entry(pod: Pod, observed: ObservedPod | None, container: Container) -> tuple[BackoffKey, int] | None:
@@ -158,10 +235,13 @@ def _with_backoff(pod: Pod, observed: ObservedPod | None, actions: PodActions, b
                   now_ns: int) -> PodActions:
     """Move the containers that are backing off out of the start lists."""
     held: list[BackingOff] = []
-    init = actions.init_container_to_start
-    if init is not None and (b := _backing_off(pod, observed, pod.spec.init_containers[init], backoff, now_ns)):
-        held.append(b)
-        init = None
+    inits: list[int] = []
+    for idx in actions.init_containers_to_start:
+        b = _backing_off(pod, observed, pod.spec.init_containers[idx], backoff, now_ns)
+        if b is None:
+            inits.append(idx)
+        else:
+            held.append(b)
     start: list[int] = []
     for idx in actions.containers_to_start:
         b = _backing_off(pod, observed, pod.spec.containers[idx], backoff, now_ns)
@@ -169,20 +249,32 @@ def _with_backoff(pod: Pod, observed: ObservedPod | None, actions: PodActions, b
             start.append(idx)
         else:
             held.append(b)
-    return replace(actions, init_container_to_start=init, containers_to_start=tuple(start), backing_off=tuple(held))
+    return replace(actions, init_containers_to_start=tuple(inits), containers_to_start=tuple(start),
+                   backing_off=tuple(held))
 
 
-# container id -> "Liveness" or "Startup" when that probe failed and the container must be killed
-FailedProbe = Callable[[str], str | None]
+# (probe kind "Liveness" | "Startup" | "Readiness", container id) -> the prober's cached result: "success",
+# "failure", "unknown", or None when it has none
+ProbeResultOf = Callable[[str, str], str | None]
+LIVENESS, STARTUP = "Liveness", "Startup"
+SUCCESS, FAILURE = "success", "failure"
 
 
-def _no_failed_probe(_container_id: str) -> str | None:
+def _no_probe_results(_kind: str, _container_id: str) -> str | None:
+    return None
+
+
+def _failed_probe(probe_result: ProbeResultOf, container_id: str) -> str | None:
+    """LIVENESS or STARTUP when that probe failed and the running container must be killed."""
+    for kind in (LIVENESS, STARTUP):
+        if probe_result(kind, container_id) == FAILURE:
+            return kind
     return None
 
 
 def compute_pod_actions(pod: Pod, observed: ObservedPod | None, backoff: Backoff, now_ns: int, *,
                         deleting: bool = False, grace_period_s: int | None = None,
-                        failed_probe: FailedProbe = _no_failed_probe) -> PodActions:
+                        probe_result: ProbeResultOf = _no_probe_results) -> PodActions:
     """Kubelet's computePodActions (plus the back-off check of its start step); pure."""
     if deleting:
         grace = grace_period_s if grace_period_s is not None else pod.spec.termination_grace_period_seconds
@@ -191,7 +283,7 @@ def compute_pod_actions(pod: Pod, observed: ObservedPod | None, backoff: Backoff
     if create:
         actions = _recreate(pod, observed, attempt, sandbox_id)
     else:
-        actions = _in_sandbox(pod, observed, attempt, sandbox_id, failed_probe)
+        actions = _in_sandbox(pod, observed, attempt, sandbox_id, probe_result)
     return _with_backoff(pod, observed, actions, backoff, now_ns)
 
 
@@ -202,10 +294,10 @@ def _recreate(pod: Pod, observed: ObservedPod | None, attempt: int, sandbox_id: 
         return kill_only
     to_start = tuple(i for i, c in enumerate(pod.spec.containers)
                      if not (pod.spec.restart_policy == model.ON_FAILURE and _succeeded(observed, c)))
-    if not to_start and next_init_container(pod, observed)[2]:
+    if not to_start and any_app_container_created(pod, observed):
         return kill_only
     if pod.spec.init_containers:
-        return replace(kill_only, create_sandbox=True, init_container_to_start=0)
+        return replace(kill_only, create_sandbox=True, init_containers_to_start=(0,))
     return replace(kill_only, create_sandbox=True, containers_to_start=to_start)
 
 
@@ -215,20 +307,15 @@ def _succeeded(observed: ObservedPod | None, container: Container) -> bool:
 
 
 def _in_sandbox(pod: Pod, observed: ObservedPod | None, attempt: int, sandbox_id: str,
-                failed_probe: FailedProbe) -> PodActions:
-    kills: list[ContainerToKill] = []
-    last_failed, next_init, done = next_init_container(pod, observed)
-    if not done:
-        if next_init is None:  # an init container is running
-            return PodActions(sandbox_id=sandbox_id, attempt=attempt)
-        if last_failed is not None and pod.spec.restart_policy == model.NEVER:
-            return PodActions(kill_pod=True, sandbox_id=sandbox_id, attempt=attempt, init_failed=True)
-        if last_failed is not None and last_failed.state == UNKNOWN:
-            kills.append(ContainerToKill(last_failed.id, last_failed.name,
-                                         'Init container is in "unknown" state, try killing it before restart',
-                                         "Unknown"))
-        return PodActions(sandbox_id=sandbox_id, attempt=attempt, init_container_to_start=next_init,
-                          containers_to_kill=tuple(kills))
+                probe_result: ProbeResultOf) -> PodActions:
+    init = _init_actions(pod, observed, probe_result)
+    if init.kill_pod:
+        return PodActions(kill_pod=True, sandbox_id=sandbox_id, attempt=attempt, init_failed=True,
+                          containers_to_kill=tuple(init.kills))
+    if not init.initialized:
+        return PodActions(sandbox_id=sandbox_id, attempt=attempt, init_containers_to_start=tuple(init.start),
+                          containers_to_kill=tuple(init.kills))
+    kills: list[ContainerToKill] = list(init.kills)
     keep = 0
     start: list[int] = []
     for idx, container in enumerate(pod.spec.containers):
@@ -246,9 +333,9 @@ def _in_sandbox(pod: Pod, observed: ObservedPod | None, attempt: int, sandbox_id
                                          f"Container {container.name} definition changed, will be restarted"))
             start.append(idx)
             continue
-        kind = failed_probe(status.id)
+        kind = _failed_probe(probe_result, status.id)
         if kind is not None:
-            probe = container.liveness_probe if kind == "Liveness" else container.startup_probe
+            probe = container.liveness_probe if kind == LIVENESS else container.startup_probe
             message = f"Container {container.name} failed {kind.lower()} probe"
             if pod.spec.restart_policy != model.NEVER:
                 message += ", will be restarted"
@@ -257,5 +344,7 @@ def _in_sandbox(pod: Pod, observed: ObservedPod | None, attempt: int, sandbox_id
                                          probe.termination_grace_period_seconds if probe is not None else None))
             continue
         keep += 1
-    return PodActions(kill_pod=keep == 0 and not start, sandbox_id=sandbox_id, attempt=attempt,
+    if keep == 0 and not start:  # nothing left to run; sidecars do not keep a pod alive
+        return PodActions(kill_pod=True, sandbox_id=sandbox_id, attempt=attempt, containers_to_kill=tuple(kills))
+    return PodActions(sandbox_id=sandbox_id, attempt=attempt, init_containers_to_start=tuple(init.start),
                       containers_to_start=tuple(start), containers_to_kill=tuple(kills))

@@ -303,7 +303,7 @@ class Agent:
         if uid in self.deadline_passed:
             actions = compute_pod_actions(pod, observed, self.backoff, now, deleting=True)
         else:
-            actions = compute_pod_actions(pod, observed, self.backoff, now, failed_probe=self.probes.failed_probe)
+            actions = compute_pod_actions(pod, observed, self.backoff, now, probe_result=self.probes.result_of)
         self.last_actions[uid] = actions
         status = self._status(pod, actions)
         self.statuses[uid] = status
@@ -316,7 +316,7 @@ class Agent:
         if actions.backing_off:
             worker.request_in(min(b.remaining_ns for b in actions.backing_off) / 1e9)
         elif actions.kill_pod or actions.create_sandbox or actions.containers_to_start or \
-                actions.init_container_to_start is not None or actions.containers_to_kill:
+                actions.init_containers_to_start or actions.containers_to_kill:
             worker.request()  # look again once the PLEG has seen what we did
         return False
 

@@ -137,21 +137,24 @@ class PodRuntime:
             self.metrics.started_pods.inc()
         if not sandbox_id:
             return
-        starting: list[Container] = []
-        if actions.init_container_to_start is not None:
-            starting.append(pod.spec.init_containers[actions.init_container_to_start])
-        elif not actions.init_failed:
-            starting.extend(pod.spec.containers[i] for i in actions.containers_to_start)
         fresh = actions.create_sandbox
-        for container in starting:
+        for idx in actions.init_containers_to_start:  # in order; an ordinary init container that fails ends it
+            container = pod.spec.init_containers[idx]
+            started = await self._start(pod, None if fresh else observed, sandbox_id, sandbox, container)
+            if not started and container.restart_policy != "Always":
+                return
+        if actions.init_failed:
+            return
+        for container in (pod.spec.containers[i] for i in actions.containers_to_start):
             await self._start(pod, None if fresh else observed, sandbox_id, sandbox, container)
 
     async def _start(self, pod: Pod, observed: ObservedPod | None, sandbox_id: str,
-                     sandbox: api.PodSandboxConfig, container: Container) -> None:
+                     sandbox: api.PodSandboxConfig, container: Container) -> bool:
+        """Create and start ``container``; False (and a reason for the status) if it could not be."""
         reasons = self.reasons.setdefault(pod.uid, {})
         image = await self._ensure_image(pod, container, sandbox, reasons)
         if image is None:
-            return
+            return False
         previous = observed.latest(container.name) if observed is not None else None
         restart_count = previous.restart_count + 1 if previous is not None else 0
         entry = backoff_entry(pod, observed, container)
@@ -162,20 +165,21 @@ class PodRuntime:
             if err.code() == grpc.StatusCode.UNAVAILABLE:
                 raise
             reasons[container.name] = ("CreateContainerError", err.details() or "")
-            return
+            return False
         try:
             await self.client.start_container(container_id)
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.UNAVAILABLE:
                 raise
             reasons[container.name] = ("RunContainerError", err.details() or "")
-            return
+            return False
         finally:
             if entry is not None:
                 self.backoff.next(*entry, now_ns=self.clock.now_ns())
         reasons.pop(container.name, None)
         kind = labels.TYPE_INIT if container in pod.spec.init_containers else labels.TYPE_APP
         self.metrics.started_containers.inc(kind)
+        return True
 
     async def _ensure_image(self, pod: Pod, container: Container, sandbox: api.PodSandboxConfig,
                             reasons: dict[str, tuple[str, str]]) -> str | None:

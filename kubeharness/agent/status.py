@@ -114,6 +114,14 @@ def _container_statuses(pod: Pod, observed: ObservedPod | None, containers: Sequ
     app_created = observed is not None and any(observed.latest(a.name) is not None for a in pod.spec.containers)
     for c in containers:
         latest = observed.latest(c.name) if observed is not None else None
+        if is_init and c.restart_policy == model.ALWAYS:  # a sidecar: restarted whenever it is not running
+            if (latest is None or latest.state != RUNNING) and c.name in reasons:
+                status = statuses[c.name]
+                if "terminated" in status["state"]:
+                    status["lastState"] = status["state"]
+                reason, message = reasons[c.name]
+                status["state"] = {"waiting": {"reason": reason, **({"message": message} if message else {})}}
+            continue
         if is_init:
             if latest is not None and latest.state == EXITED and latest.exit_code == 0:
                 continue
@@ -153,11 +161,25 @@ def _terminated_exit(status: Status, key: str) -> int | None:
 
 
 def phase(pod: Pod, init_statuses: Sequence[Status], statuses: Sequence[Status]) -> str:
-    """Kubelet's getPhase (no sidecars; static pods, so never terminal by the pod worker's say)."""
+    """Kubelet's getPhase (static pods, so never terminal by the pod worker's say). Sidecars count as running
+    containers; one that runs but has not started, or waits without having run, keeps an uninitialized pod
+    Pending; one that stopped does not count."""
     pending_init = failed_init = 0
     by_name = {s["name"]: s for s in (*init_statuses, *statuses)}
+    unknown = running = waiting = stopped = succeeded = pending_sidecars = 0
     for c in pod.spec.init_containers:
         s = by_name.get(c.name)
+        if c.restart_policy == model.ALWAYS:
+            state = s["state"] if s else {}
+            if s is None:
+                unknown += 1
+            elif "running" in state:
+                pending_sidecars += 0 if s.get("started") else 1
+                running += 1
+            elif "waiting" in state and _terminated_exit(s, "lastState") is None:
+                pending_sidecars += 1
+                waiting += 1
+            continue
         state = s["state"] if s else {}
         if s is None or "running" in state:
             pending_init += 1
@@ -167,7 +189,8 @@ def phase(pod: Pod, init_statuses: Sequence[Status], statuses: Sequence[Status])
             failed_init += 1 if last != 0 else 0
         else:
             pending_init += 1
-    unknown = running = waiting = stopped = succeeded = 0
+    initialized = any("waiting" not in by_name[c.name]["state"] or _terminated_exit(by_name[c.name], "lastState")
+                      is not None for c in pod.spec.containers if c.name in by_name)
     for c in pod.spec.containers:
         s = by_name.get(c.name)
         state = s["state"] if s else {}
@@ -188,7 +211,7 @@ def phase(pod: Pod, init_statuses: Sequence[Status], statuses: Sequence[Status])
     policy = pod.spec.restart_policy
     if failed_init and policy == model.NEVER:
         return FAILED
-    if pending_init or waiting:
+    if pending_init or (pending_sidecars and not initialized) or waiting:
         return PENDING
     if running and not unknown:
         return RUNNING_PHASE
@@ -209,7 +232,8 @@ def _conditions(pod: Pod, observed: ObservedPod | None, init_statuses: Sequence[
                 statuses: Sequence[Status], pod_phase: str) -> list[Status]:
     ready_to_start = not sandbox_changed(pod, observed)[0]
     conds: list[Status] = [{"type": "PodReadyToStartContainers", "status": "True" if ready_to_start else "False"}]
-    incomplete = [s["name"] for s in init_statuses if not s["ready"]]
+    sidecars = {c.name for c in pod.spec.init_containers if c.restart_policy == model.ALWAYS}
+    incomplete = [s["name"] for s in init_statuses if not (s["started"] if s["name"] in sidecars else s["ready"])]
     app_started = any("running" in s["state"] or "terminated" in s["state"] for s in statuses)
     if pod_phase == SUCCEEDED:
         conds.append({"type": "Initialized", "status": "True", "reason": "PodCompleted"})

@@ -3,11 +3,11 @@
 :meth:`ProbeManager.add_pod` starts one :class:`~kubeharness.agent.prober.worker.Worker` per probe of each app
 container and each sidecar (an init container with ``restartPolicy: Always``); :meth:`remove_pod` stops them.
 The results caches (:attr:`liveness`, :attr:`readiness`, :attr:`startup`) are what the pod worker reads:
-:meth:`failed_probe` says whether a running container must be killed, :meth:`started` and :meth:`ready`
-give a container's ``started`` and ``ready`` for the status as kubelet's ``UpdatePodStatus`` does
-(``started``: running and the startup probe succeeded or there is none; ``ready``: started, running and the
-readiness probe succeeded or there is none; a readiness worker whose container has no success yet is
-triggered to probe at once).
+:meth:`result_of` says what a probe decided (a failed liveness or startup probe kills the container);
+:meth:`started` and :meth:`ready` give a container's ``started`` and ``ready`` for the status as kubelet's
+``UpdatePodStatus`` does (``started``: running and the startup probe succeeded or there is none; ``ready``:
+started, running and the readiness probe succeeded or there is none; a readiness worker whose container has
+no success yet is triggered to probe at once).
 """
 
 from __future__ import annotations
@@ -107,13 +107,11 @@ class ProbeManager:
 
     # -- what the pod worker and the status read --------------------------------------------------------
 
-    def failed_probe(self, container_id: str) -> str | None:
-        """LIVENESS or STARTUP when that probe says the running container must be killed, else None."""
-        if self.liveness.get(container_id) is Result.FAILURE:
-            return LIVENESS
-        if self.startup.get(container_id) is Result.FAILURE:
-            return STARTUP
-        return None
+    def result_of(self, kind: str, container_id: str) -> str | None:
+        """The cached result of a probe kind for a container ("success", "failure", "unknown"), or None:
+        what the pod worker's actions read (:data:`kubeharness.agent.actions.ProbeResultOf`)."""
+        result = self.results(kind).get(container_id)
+        return result.value if result is not None else None
 
     def started(self, uid: str, name: str, container_id: str, running: bool) -> bool:
         if not running:
