@@ -163,3 +163,26 @@ async def test_readiness_gates_keep_a_static_pod_unready(node: Node) -> None:
     assert (conditions["Ready"]["status"], conditions["Ready"]["reason"], conditions["Ready"]["message"]) == (
         "False", "ReadinessGatesNotReady",
         'corresponding condition of pod readiness gate "example.com/feature" does not exist.')
+
+
+async def test_a_sidecar_starts_first_keeps_running_and_is_probed(node: Node) -> None:
+    side = helper("side", "--http-port=8081", "--unhealthy-after=60s")
+    side["restartPolicy"] = "Always"
+    side["readinessProbe"] = probe({"httpGet": {"port": 8081}}, periodSeconds=5)
+    side["livenessProbe"] = probe({"httpGet": {"port": 8081}}, periodSeconds=5, failureThreshold=2)
+    setup = helper("setup", "--exit-after=2s")
+    node.write("car", pod("car", helper("app"), init=[side, setup]))
+
+    def init_status(p: dict[str, dict[str, Any]], index: int) -> dict[str, Any]:
+        return container(p, "car", index, init=True)
+
+    pods = await node.until(lambda p: "running" in container(p, "car").get("state", {}), limit_s=60)
+    assert "running" in init_status(pods, 0)["state"]  # the sidecar runs on beside the app
+    assert init_status(pods, 1)["state"]["terminated"]["reason"] == "Completed"
+    pods = await node.until(lambda p: bool(init_status(p, 0).get("ready")), limit_s=30)
+    assert init_status(pods, 0)["started"] is True and phase(pods, "car") == "Running"
+    # unhealthy from 60 s: two failed liveness probes restart the sidecar alone
+    pods = await node.until(lambda p: init_status(p, 0).get("restartCount", 0) >= 1, limit_s=120)
+    assert container(pods, "car")["restartCount"] == 0 and "running" in container(pods, "car")["state"]
+    kills = [m for r, m in reasons(await events(node, "car")) if r == "Killing"]
+    assert kills == ["Init container side failed liveness probe"]
