@@ -5,24 +5,41 @@ order: kill what must go (the whole pod, or single containers), create the sandb
 parent for its QoS class, DNS config, log directory, namespaces, port mappings, kubelet's labels and
 annotations), pull images per policy, then create and start the next init container or the app
 containers. What went wrong for a container (ErrImagePull, ErrImageNeverPull, CreateContainerError,
-RunContainerError) is kept in :attr:`PodRuntime.reasons`, kubelet's reason cache, for the status. A
-runtime that is away makes calls fail with UNAVAILABLE; the error propagates to the pod worker, which
-retries on its next sync.
+RunContainerError, PostStartHookError) is kept in :attr:`PodRuntime.reasons`, kubelet's reason cache, for the
+status. A runtime that is away makes calls fail with UNAVAILABLE; the error propagates to the pod worker,
+which retries on its next sync.
+
+Lifecycle (kubelet's ``startContainer`` and ``killContainer``; the handlers are :mod:`.lifecycle`'s):
+
+- Every container with a ``terminationMessagePath`` gets its termination message file mounted
+  (:func:`~kubeharness.agent.termination.message_mount`).
+- postStart runs right after StartContainer and the pod worker waits for it; meanwhile
+  :meth:`PodRuntime.without_post_starting` hides the container from the status (kubelet's status was made
+  before the start and is not remade until the sync returns). A failed hook: the container is killed
+  (``Killing`` "FailedPostStartHook", its preStop included) and the reason is ``PostStartHookError`` with
+  the hook's message, until the restart policy and the back-off start it again.
+- Every kill (a single container or the whole pod) runs the container's preStop first when the grace period
+  is above 0, within it; StopContainer gets what is left in whole seconds, and never less than 2
+  (kubelet's ``minimumGracePeriodInSeconds``). A pod's containers are killed concurrently, as kubelet does.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
-from dataclasses import dataclass, field
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 import grpc
 
-from kubeharness.agent import labels, qos
+from kubeharness.agent import labels, qos, termination
 from kubeharness.agent.actions import PodActions, backoff_entry
 from kubeharness.agent.backoff import Backoff
 from kubeharness.agent.config import AgentConfig
 from kubeharness.agent.events import KILLING, NORMAL, Recorder, container_field_path
+from kubeharness.agent.lifecycle import HookRunner
 from kubeharness.agent.metrics import Registry
 from kubeharness.agent.model import PULL_ALWAYS, PULL_NEVER, Container, Pod
 from kubeharness.agent.observed import EXITED, RUNNING, ObservedPod
@@ -35,6 +52,9 @@ log = logging.getLogger(__name__)
 DEFAULT_MEMORY_CAPACITY = 8 * 1024**3  # for oom_score_adj until node capacity is read (part 2)
 CLUSTER_FIRST, CLUSTER_FIRST_HOST_NET = "ClusterFirst", "ClusterFirstWithHostNet"
 DNS_DEFAULT, DNS_NONE = "Default", "None"
+MIN_GRACE_PERIOD_S = 2  # kubelet's minimumGracePeriodInSeconds: StopContainer never gets less
+POST_START_HOOK_ERROR = "PostStartHookError"  # kubelet's ErrPostStartHook
+FAILED_POST_START_HOOK_KILL = "FailedPostStartHook"  # the Killing event's message for that kill
 
 
 def dns_config(pod: Pod, config: AgentConfig) -> api.DNSConfig:
@@ -84,7 +104,8 @@ def pod_log_dir(pod: Pod, config: AgentConfig) -> str:
     return os.path.join(config.pod_logs_dir, f"{pod.namespace}_{pod.name}_{pod.uid}")
 
 
-def container_config(pod: Pod, container: Container, restart_count: int, image: str) -> api.ContainerConfig:
+def container_config(pod: Pod, container: Container, restart_count: int, image: str,
+                     mounts: Sequence[api.Mount] = ()) -> api.ContainerConfig:
     security = api.LinuxContainerSecurityContext(namespace_options=api.NamespaceOption(
         network=api.NODE if pod.spec.host_network else api.POD,
         pid=api.NODE if pod.spec.host_pid else api.CONTAINER, ipc=api.NODE if pod.spec.host_ipc else api.POD))
@@ -100,7 +121,7 @@ def container_config(pod: Pod, container: Container, restart_count: int, image: 
         command=list(container.command), args=list(container.args), working_dir=container.working_dir,
         envs=[api.KeyValue(key=e.name, value=e.value) for e in container.env],
         labels=labels.container_labels(pod, container),
-        annotations=labels.container_annotations(pod, container, restart_count),
+        annotations=labels.container_annotations(pod, container, restart_count), mounts=list(mounts),
         log_path=os.path.join(container.name, f"{restart_count}.log"), stdin=container.stdin, tty=container.tty,
         linux=api.LinuxContainerConfig(resources=resources, security_context=security))
 
@@ -117,17 +138,40 @@ class PodRuntime:
     # pod uid -> container name -> (waiting reason, message): why a container could not be started
     reasons: dict[str, dict[str, tuple[str, str]]] = field(default_factory=dict)
     recorder: Recorder | None = None
+    rng: random.Random = field(default_factory=random.Random)  # names of termination message files
+    hooks: HookRunner = field(init=False)
+    # pod uid -> container id -> its interrupt, while the container's postStart hook runs
+    _post_starting: dict[str, dict[str, asyncio.Event]] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        self.hooks = HookRunner(self.clock, self.client, self.recorder or Recorder(self.clock, self.config.node_name))
+
+    def without_post_starting(self, observed: ObservedPod | None) -> ObservedPod | None:
+        """The pod as its status must show it: without the containers whose postStart hook is still running
+        (kubelet reports them as they were before the start until the hook returns)."""
+        running = self._post_starting.get(observed.uid) if observed is not None else None
+        if observed is None or not running:
+            return observed
+        return replace(observed, containers=tuple(c for c in observed.containers if c.id not in running))
+
+    def interrupt_post_start(self, uid: str) -> None:
+        """Stop the pod's running postStart hooks, as kubelet's cancelled pod worker context stops them (the
+        pod is being deleted); each then fails and its container is killed."""
+        for event in self._post_starting.get(uid, {}).values():
+            event.set()
+
+    async def close(self) -> None:
+        await self.hooks.close()
 
     async def sync(self, pod: Pod, observed: ObservedPod | None, actions: PodActions) -> None:
         """Carry out ``actions`` for ``pod``."""
         if actions.kill_pod:
             await self.kill_pod(pod, observed, actions.grace_period_s)
         else:
+            sandbox_of = {c.id: c.sandbox_id for c in observed.containers} if observed is not None else {}
             for kill in actions.containers_to_kill:
-                grace = kill.grace_period_s if kill.grace_period_s is not None else \
-                    pod.spec.termination_grace_period_seconds
-                self._killing(pod, kill.name, kill.message)
-                await unless_gone(self.client.stop_container(kill.container_id, grace))
+                await self.kill_container(pod, kill.name, kill.container_id, sandbox_of.get(kill.container_id, ""),
+                                          kill.message, kill.grace_period_s)
         sandbox_id = actions.sandbox_id
         sandbox = sandbox_config(pod, actions.attempt, self.config)
         if actions.create_sandbox:
@@ -158,9 +202,10 @@ class PodRuntime:
         previous = observed.latest(container.name) if observed is not None else None
         restart_count = previous.restart_count + 1 if previous is not None else 0
         entry = backoff_entry(pod, observed, container)
+        mount = termination.message_mount(self.config.root_dir, pod.uid, container, self.rng)
+        config = container_config(pod, container, restart_count, image, [mount] if mount is not None else [])
         try:
-            container_id = await self.client.create_container(
-                sandbox_id, container_config(pod, container, restart_count, image), sandbox)
+            container_id = await self.client.create_container(sandbox_id, config, sandbox)
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.UNAVAILABLE:
                 raise
@@ -176,9 +221,39 @@ class PodRuntime:
         finally:
             if entry is not None:
                 self.backoff.next(*entry, now_ns=self.clock.now_ns())
-        reasons.pop(container.name, None)
         kind = labels.TYPE_INIT if container in pod.spec.init_containers else labels.TYPE_APP
         self.metrics.started_containers.inc(kind)
+        if container.lifecycle.post_start is not None and not await self._post_start(pod, container, container_id,
+                                                                                      sandbox_id, reasons):
+            return False
+        reasons.pop(container.name, None)
+        return True
+
+    async def _post_start(self, pod: Pod, container: Container, container_id: str, sandbox_id: str,
+                          reasons: dict[str, tuple[str, str]]) -> bool:
+        """Run the postStart hook; on failure kill the container and record the reason. True if it succeeded."""
+        interrupt = self._post_starting.setdefault(pod.uid, {}).setdefault(container_id, asyncio.Event())
+        try:
+            failure = await self.hooks.post_start(pod, container, container_id, self._ips(sandbox_id), interrupt)
+        finally:
+            running = self._post_starting.get(pod.uid, {})
+            running.pop(container_id, None)
+            if not running:
+                self._post_starting.pop(pod.uid, None)
+        if failure is None:
+            return True
+        reasons[container.name] = (POST_START_HOOK_ERROR, failure.message)
+        await self.kill_container(pod, container.name, container_id, sandbox_id, FAILED_POST_START_HOOK_KILL)
+        return False
+
+    def _ips(self, sandbox_id: str) -> Callable[[], Awaitable[Sequence[str]]]:
+        """The pod's IPs as the runtime reports them now (kubelet's GetPodStatus for an httpGet hook)."""
+        async def ips() -> Sequence[str]:
+            status = await unless_gone(self.client.sandbox_status(sandbox_id)) if sandbox_id else None
+            if status is None or not status.HasField("network"):
+                return ()
+            return tuple(ip for ip in (status.network.ip, *(p.ip for p in status.network.additional_ips)) if ip)
+        return ips
         return True
 
     async def _ensure_image(self, pod: Pod, container: Container, sandbox: api.PodSandboxConfig,
@@ -206,14 +281,26 @@ class PodRuntime:
         if observed is None:
             return
         grace = grace_s if grace_s is not None else (pod.spec.termination_grace_period_seconds if pod else 30)
-        for c in observed.containers:
-            if c.state == RUNNING:
-                if pod is not None:
-                    self._killing(pod, c.name, "")
-                await unless_gone(self.client.stop_container(c.id, grace))
+        kills = [self.kill_container(pod, c.name, c.id, c.sandbox_id, "", grace)
+                 for c in observed.containers if c.state == RUNNING]
+        failed = [r for r in await asyncio.gather(*kills, return_exceptions=True) if isinstance(r, BaseException)]
+        if failed:
+            raise failed[0]
         for sandbox in observed.sandboxes:
             if sandbox.ready:
                 await unless_gone(self.client.stop_sandbox(sandbox.id))
+
+    async def kill_container(self, pod: Pod | None, name: str, container_id: str, sandbox_id: str, message: str,
+                             grace_s: int | None = None) -> None:
+        """Kubelet's killContainer: the Killing event, preStop within the grace period (``grace_s``, else the
+        pod's), then StopContainer with what is left, at least 2 s."""
+        grace = grace_s if grace_s is not None else (pod.spec.termination_grace_period_seconds if pod else 30)
+        spec = next((c for c in pod.all_containers() if c.name == name), None) if pod is not None else None
+        if pod is not None:
+            self._killing(pod, name, message)
+        if pod is not None and spec is not None and spec.lifecycle.pre_stop is not None and grace > 0:
+            grace -= await self.hooks.pre_stop(pod, spec, container_id, grace, self._ips(sandbox_id))
+        await unless_gone(self.client.stop_container(container_id, max(grace, MIN_GRACE_PERIOD_S)))
 
     def _killing(self, pod: Pod, name: str, message: str) -> None:
         """Kubelet's Killing event: the kill's reason, or "Stopping container <name>"."""
@@ -227,6 +314,7 @@ class PodRuntime:
         """Remove every container and sandbox of a pod that is no longer wanted (housekeeping)."""
         for sandbox in observed.sandboxes:
             await unless_gone(self.client.remove_sandbox(sandbox.id))
+        termination.remove_pod_dir(self.config.root_dir, observed.uid)
         self.reasons.pop(observed.uid, None)
         self.backoff.forget_pod(observed.uid)
 

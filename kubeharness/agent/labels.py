@@ -36,7 +36,7 @@ POD_DELETION_GRACE_PERIOD = "io.kubernetes.pod.deletionGracePeriod"
 
 # values of CONTAINER_TYPE
 TYPE_INIT, TYPE_APP = "init", "container"
-# the model has no terminationMessagePolicy yet; kubelet's default
+# kubelet's default terminationMessagePolicy
 DEFAULT_TERMINATION_MESSAGE_POLICY = "File"
 
 _IDENTITY = (POD_NAME, POD_NAMESPACE, POD_UID)
@@ -80,7 +80,8 @@ def container_annotations(pod: Pod, container: Container, restart_count: int,
         CONTAINER_HASH: container.spec_hash,
         CONTAINER_RESTART_COUNT: str(restart_count),
         CONTAINER_TERMINATION_MESSAGE_PATH: container.termination_message_path,
-        CONTAINER_TERMINATION_MESSAGE_POLICY: DEFAULT_TERMINATION_MESSAGE_POLICY,
+        CONTAINER_TERMINATION_MESSAGE_POLICY: container.termination_message_policy
+        or DEFAULT_TERMINATION_MESSAGE_POLICY,
         POD_TERMINATION_GRACE_PERIOD: str(pod.spec.termination_grace_period_seconds),
     }
     if deletion_grace_period_s is not None:

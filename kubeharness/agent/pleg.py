@@ -11,9 +11,11 @@ Kubelet's generic PLEG (``pkg/kubelet/pleg/generic.go``), in two parts:
   pod, and for each pod with events fetch the statuses (ContainerStatus, PodSandboxStatus) to refresh the
   cache the pod workers read (:meth:`Pleg.get`); then put the events on :attr:`Pleg.events` (ContainerChanged
   is left out, as kubelet does; a full queue drops events and counts them). A pod whose statuses cannot
-  be read keeps its old record and is inspected again at the next relist. :meth:`Pleg.run` relists every
-  period (1 s), sooner when :meth:`Pleg.trigger` is called, e.g. by :meth:`Pleg.follow_events` for each
-  message of the runtime's GetContainerEvents stream.
+  be read keeps its old record and is inspected again at the next relist. An exited container's message is
+  the one kubelet reports (:func:`~kubeharness.agent.termination.status_message`: its termination message
+  file, or its log's tail under FallbackToLogsOnError, after the runtime's own message). :meth:`Pleg.run`
+  relists every period (1 s), sooner when :meth:`Pleg.trigger` is called, e.g. by :meth:`Pleg.follow_events`
+  for each message of the runtime's GetContainerEvents stream.
 - :meth:`Pleg.healthy` is false until a relist has succeeded and whenever the last successful one started
   more than 3 minutes ago (kubelet's threshold); the node reports not ready then.
 
@@ -31,6 +33,7 @@ from typing import Protocol
 import grpc
 
 from kubeharness.agent import observed as obs
+from kubeharness.agent import termination
 from kubeharness.agent.runtime_client import unless_gone
 from kubeharness.clock import NS_PER_SECOND, Clock, seconds_to_ns
 from kubeharness.wire.cri import api_pb2 as api
@@ -233,6 +236,9 @@ class Pleg:
         container_replies = await asyncio.gather(*(unless_gone(self.runtime.container_status(c.id))
                                                    for c in containers))
         statuses = {c.id: st for c, st in zip(containers, container_replies, strict=True) if st is not None}
+        for status in statuses.values():
+            if status.state == api.CONTAINER_EXITED:
+                status.message = termination.status_message(status)
         sandbox_replies = await asyncio.gather(*(unless_gone(self.runtime.sandbox_status(sb.id))
                                                  for sb in sandboxes))
         sandbox_statuses = {sb.id: st for sb, st in zip(sandboxes, sandbox_replies, strict=True) if st is not None}
