@@ -12,7 +12,8 @@
  *   --log-line-bytes, one write() per line; grows memory; burns CPU in a duty cycle; serves HTTP
  *   (health, /redirect, /status, /hang: the answers of kubeharness/emulators/cri/httpanswers.py, byte
  *   for byte), TCP and gRPC health (a small HTTP/2 server, see below; the emulator's is grpchealth.py);
- *   and exits after --exit-after, or --sigterm-delay after SIGTERM. Lines due at or after the
+ *   and exits after --exit-after, or --sigterm-delay after SIGTERM, writing --termination-message to
+ *   --termination-message-path (default /dev/termination-log) as it does. Lines due at or after the
  *   instant of the exit are never written, lines due before it always are (as in the emulator).
  *   No threads: the loop itself burns up to 1000 millicores; each further (part of a) core is burnt by
  *   a forked process (at most one per further online CPU) that dies with its parent (PR_SET_PDEATHSIG).
@@ -67,7 +68,8 @@ static const char USAGE[] =
     "usage: " HELPER " [--exit-after=D] [--exit-code=N] [--log-rate=N] [--log-count=N] [--log-stream=S] "
     "[--log-line-bytes=N] [--log-text=T] [--ready-after=D] [--unhealthy-after=D] [--http-port=N] [--tcp-port=N] "
     "[--grpc-port=N] [--grpc-service=NAME] [--memory-mib=M] [--memory-mib-per-second=R] [--cpu-millicores=N] "
-    "[--disk-mib=N] [--ignore-sigterm] [--sigterm-exit-code=N] [--sigterm-delay=D]";
+    "[--disk-mib=N] [--ignore-sigterm] [--sigterm-exit-code=N] [--sigterm-delay=D] [--termination-message=T] "
+    "[--termination-message-path=P]";
 
 /* ---------------------------------------------------------------------------------------------- */
 /* small utilities                                                                                */
@@ -506,6 +508,8 @@ struct config {
     uint64_t sigterm_exit_code;
     const char *sigterm_exit_code_digits;
     int64_t sigterm_delay_ns;
+    const char *termination_message; /* NULL: none is written */
+    const char *termination_message_path;
 };
 
 enum kind { K_INT, K_FLOAT, K_DURATION, K_STR, K_BOOL };
@@ -513,7 +517,7 @@ enum kind { K_INT, K_FLOAT, K_DURATION, K_STR, K_BOOL };
 enum flag_id {
     F_EXIT_AFTER, F_EXIT_CODE, F_LOG_RATE, F_LOG_COUNT, F_LOG_STREAM, F_LOG_LINE_BYTES, F_LOG_TEXT, F_READY_AFTER,
     F_UNHEALTHY_AFTER, F_HTTP_PORT, F_TCP_PORT, F_GRPC_PORT, F_GRPC_SERVICE, F_MEMORY_MIB, F_MEMORY_MIB_PER_SECOND, F_CPU_MILLICORES, F_DISK_MIB,
-    F_IGNORE_SIGTERM, F_SIGTERM_EXIT_CODE, F_SIGTERM_DELAY,
+    F_IGNORE_SIGTERM, F_SIGTERM_EXIT_CODE, F_SIGTERM_DELAY, F_TERMINATION_MESSAGE, F_TERMINATION_MESSAGE_PATH,
 };
 
 static const struct {
@@ -541,6 +545,8 @@ static const struct {
     {"--ignore-sigterm", K_BOOL, F_IGNORE_SIGTERM},
     {"--sigterm-exit-code", K_INT, F_SIGTERM_EXIT_CODE},
     {"--sigterm-delay", K_DURATION, F_SIGTERM_DELAY},
+    {"--termination-message", K_STR, F_TERMINATION_MESSAGE},
+    {"--termination-message-path", K_STR, F_TERMINATION_MESSAGE_PATH},
 };
 
 /* Parse the flags into cfg; NULL on success, else the message (without the "khelper: " prefix). */
@@ -548,6 +554,7 @@ static char *parse_flags(int n, char **argv, struct config *cfg) {
     memset(cfg, 0, sizeof *cfg);
     cfg->log_stream = "stdout";
     cfg->log_text = "line";
+    cfg->termination_message_path = "/dev/termination-log";
     struct sb err = {0};
     for (int i = 0; i < n;) {
         const char *token = argv[i];
@@ -635,6 +642,8 @@ static char *parse_flags(int n, char **argv, struct config *cfg) {
             cfg->sigterm_exit_code_digits = num.digits;
             break;
         case F_SIGTERM_DELAY: cfg->sigterm_delay_ns = ns; break;
+        case F_TERMINATION_MESSAGE: cfg->termination_message = value; break;
+        case F_TERMINATION_MESSAGE_PATH: cfg->termination_message_path = value; break;
         case F_IGNORE_SIGTERM: break;
         }
     }
@@ -2031,6 +2040,28 @@ static void accept_all(int lfd, enum port_kind kind, int64_t now) {
     }
 }
 
+/* --termination-message: written as the process ends by itself or after SIGTERM (the kubelet mounts the file). */
+static void write_termination_message(const struct config *cfg) {
+    if (!cfg->termination_message)
+        return;
+    const char *path = cfg->termination_message_path;
+    size_t n = strlen(cfg->termination_message);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    bool ok = fd >= 0;
+    int saved = errno;
+    if (ok) {
+        ok = write(fd, cfg->termination_message, n) == (ssize_t)n;
+        saved = errno;
+        ok = close(fd) == 0 && ok;
+    }
+    if (!ok) {
+        struct sb msg = {0};
+        sb_addf(&msg, HELPER ": cannot write %s: %s\n", path, strerror(saved));
+        put(2, msg.p);
+        free(msg.p);
+    }
+}
+
 static int main_mode(int n, char **flags, int64_t start) {
     int64_t start_real = clock_ns(CLOCK_REALTIME);
     /* SIGTERM and SIGCHLD wait (blocked) until the loop looks for them in ppoll(); one arriving
@@ -2170,8 +2201,10 @@ static int main_mode(int n, char **flags, int64_t start) {
                 written = number;
             }
         }
-        if (dying)
+        if (dying) {
+            write_termination_message(&cfg);
             exit(end_code);
+        }
         if (ending && end_at < next)
             next = end_at;
 

@@ -34,6 +34,11 @@ or a bare number of seconds)::
     --ignore-sigterm        ignore SIGTERM: only SIGKILL after the stop timeout ends it
     --sigterm-exit-code=N   exit code after SIGTERM (default 0)
     --sigterm-delay=D       take D to shut down after SIGTERM
+    --termination-message=T write T to the termination message file when it exits by itself or after SIGTERM
+                            (not when SIGKILL or the OOM killer ends it); the emulator writes it through the
+                            container's mounts, as the process would, so the kubelet's mounted file gets it
+    --termination-message-path=P
+                            where that file is (default /dev/termination-log)
 
 Exec commands: ``khelper check ready|healthy|live``, ``khelper exit N``, ``khelper sleep D``,
 ``khelper echo WORDS``, and the plain ``true``, ``false``, ``echo WORDS``, ``sleep D``.
@@ -57,6 +62,7 @@ from dataclasses import dataclass, field
 from kubeharness.clock import seconds_to_ns
 
 HELPER = "khelper"
+DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 MAX_DURATION_NS = 2**62  # ~146 years: a longer duration means "never"
 CRI_MAX_LOG_LINE = 16 * 1024
 
@@ -68,7 +74,8 @@ USAGE = (
     f"usage: {HELPER} [--exit-after=D] [--exit-code=N] [--log-rate=N] [--log-count=N] [--log-stream=S] "
     "[--log-line-bytes=N] [--log-text=T] [--ready-after=D] [--unhealthy-after=D] [--http-port=N] [--tcp-port=N] "
     "[--grpc-port=N] [--grpc-service=NAME] [--memory-mib=M] [--memory-mib-per-second=R] [--cpu-millicores=N] "
-    "[--disk-mib=N] [--ignore-sigterm] [--sigterm-exit-code=N] [--sigterm-delay=D]"
+    "[--disk-mib=N] [--ignore-sigterm] [--sigterm-exit-code=N] [--sigterm-delay=D] [--termination-message=T] "
+    "[--termination-message-path=P]"
 )
 
 
@@ -114,6 +121,8 @@ class Behaviour:
     ignore_sigterm: bool = False
     sigterm_exit_code: int = 0
     sigterm_delay_ns: int = 0
+    termination_message: str | None = None  # written at a clean exit (by itself or after SIGTERM)
+    termination_message_path: str = DEFAULT_TERMINATION_MESSAGE_PATH
     startup_stderr: tuple[str, ...] = field(default=())
 
     def memory_bytes_at(self, running_ns: int) -> int:
@@ -169,7 +178,8 @@ _DURATION_FLAGS = {
     "--unhealthy-after": "unhealthy_after_ns",
     "--sigterm-delay": "sigterm_delay_ns",
 }
-_STR_FLAGS = {"--log-stream": "log_stream", "--log-text": "log_text", "--grpc-service": "grpc_service"}
+_STR_FLAGS = {"--log-stream": "log_stream", "--log-text": "log_text", "--grpc-service": "grpc_service",
+              "--termination-message": "termination_message", "--termination-message-path": "termination_message_path"}
 _BOOL_FLAGS = {"--ignore-sigterm": "ignore_sigterm"}
 
 

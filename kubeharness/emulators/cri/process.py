@@ -9,6 +9,9 @@ minute gets a minute of correctly stamped lines, and an emulator restarted after
 
     exit reasons: exit 0 -> Completed, other codes -> Error, memory above the limit -> OOMKilled (137),
     SIGKILL after the stop timeout -> Error (137)
+
+An exit by the process's own doing (``Exit.clean``: by itself, or after SIGTERM) is one after which it wrote
+its termination message (the runtime does the writing); SIGKILL and the OOM killer leave no time for that.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class Exit:
     code: int
     reason: str
     message: str = ""
+    clean: bool = True  # the process ended it (by itself or after SIGTERM), not SIGKILL or the OOM killer
 
 
 def exit_reason(code: int) -> str:
@@ -84,7 +88,7 @@ class Process:
         to_oom = b.running_ns_to_reach(max(0, limit - BASE_MEMORY_BYTES)) if limit > 0 else None
         if to_oom is not None:
             # memory above a limit lowered later is reclaimed by the OOM killer at the change, not before
-            candidates.append(Exit(max(self.started_ns + to_oom, c.limit_changed_ns), 137, "OOMKilled"))
+            candidates.append(Exit(max(self.started_ns + to_oom, c.limit_changed_ns), 137, "OOMKilled", clean=False))
         if c.term_ns and not b.ignore_sigterm:
             if b.kind == "idle":
                 code, delay = 143, 0
@@ -92,7 +96,7 @@ class Process:
                 code, delay = b.sigterm_exit_code, b.sigterm_delay_ns
             candidates.append(Exit(c.term_ns + delay, code, exit_reason(code)))
         if c.kill_ns:
-            candidates.append(Exit(c.kill_ns, 137, "Error"))
+            candidates.append(Exit(c.kill_ns, 137, "Error", clean=False))
         if not candidates:
             return None
         return min(candidates, key=lambda e: e.at_ns)

@@ -33,7 +33,7 @@ from kubeharness.emulators.cri.podnet import PodNetwork
 from kubeharness.emulators.cri.process import Exit, Process
 from kubeharness.emulators.cri.scripted import ScriptedProcess
 from kubeharness.emulators.cri.shell.interp import APPLET_NAMES, Machine
-from kubeharness.emulators.cri.shell.vfs import Vfs
+from kubeharness.emulators.cri.shell.vfs import Vfs, VfsError
 from kubeharness.emulators.cri.store import NameIndex, Store
 from kubeharness.emulators.cri.views import container_status, container_summary, sandbox_status, sandbox_summary
 from kubeharness.errors import InvalidArgument
@@ -339,9 +339,24 @@ class Runtime:
             log.info("container %s (%s): %s", c.id[:12], c.config.metadata.name, line)
 
     def _process_exited(self, c: Container, ending: Exit) -> None:
-        self.processes.pop(c.id, None)
+        process = self.processes.pop(c.id, None)
         self.listeners.close(c.id)
+        if process is not None and ending.clean and process.behaviour.termination_message is not None:
+            self._write_termination_message(c, process.behaviour, ending.at_ns)
         self.mark_exited(c, ending)
+
+    def _write_termination_message(self, c: Container, b: Behaviour, at_ns: int) -> None:
+        """What ``--termination-message`` makes the process write as it ends, into its own filesystem: through
+        a mount at that path (the kubelet's termination message file) or into its writable layer. A path it
+        cannot write is reported on stderr, as khelper reports it."""
+        assert b.termination_message is not None
+        try:
+            self.filesystem(c).write(b.termination_message_path, b.termination_message.encode())
+        except VfsError as err:
+            line = f"{HELPER}: cannot write {b.termination_message_path}: {err.message}"
+            log_file = self.container_log(c)
+            log_file.write(encode_line(at_ns, "stderr", line.encode()))
+            log_file.close()
 
     def mark_exited(self, c: Container, ending: Exit) -> None:
         """Record an exit, tell the event stream and wake whoever waits for it."""
