@@ -56,6 +56,16 @@ async def test_tcp_open_port_succeeds_and_the_connection_is_closed() -> None:
         await server.wait_closed()
 
 
+async def test_tcp_a_host_name_is_resolved() -> None:
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        assert await tcp_socket(RealClock(), host="localhost", port=port, timeout_s=30) == Outcome(SUCCESS, "")
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 async def test_tcp_refused() -> None:
     port = free_port()
     assert await tcp_socket(RealClock(), host="127.0.0.1", port=port, timeout_s=30) == Outcome(
