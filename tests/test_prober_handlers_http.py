@@ -9,6 +9,7 @@ redirect chain, a big body, a body that breaks off, no answer at all. Two loopba
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import subprocess
 from collections.abc import AsyncIterator, Callable
@@ -279,12 +280,14 @@ async def test_probe_headers_are_sent_again_after_a_redirect(srv: Server) -> Non
 
 # -- transport failures and timeouts ------------------------------------------------------------------------
 
-async def test_connection_refused(srv: Server) -> None:
-    await srv.stop()
-    outcome = await probe(srv, "/healthz")
-    assert outcome == Outcome(FAILURE, f'Get "{srv.url("/healthz")}": dial tcp 127.0.0.1:{srv.port}: connect: '
+async def test_connection_refused() -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    outcome = await http_get(RealClock(), scheme="HTTP", host="127.0.0.1", port=port, path="/healthz", headers=(),
+                             timeout_s=30)
+    assert outcome == Outcome(FAILURE, f'Get "http://127.0.0.1:{port}/healthz": dial tcp 127.0.0.1:{port}: connect: '
                                        "connection refused")
-    srv.server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)  # for the fixture's stop
 
 
 async def test_a_server_that_closes_without_answering(srv: Server) -> None:
