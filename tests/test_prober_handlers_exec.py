@@ -1,6 +1,7 @@
 """The prober's exec handler through the agent's runtime client against the real CRI emulator (a real
 socket, a virtual clock): khelper's checks, exit codes, the 10 KiB cap, a timeout enforced by the runtime,
-a runtime that hangs, and ExecSync errors, which are probes that could not run.
+a runtime that hangs, and ExecSync errors, which are probes that could not run. And the network handlers
+against the emulated khelper's real HTTP, TCP and gRPC listeners on the pod's (loopback) IP.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from kubeharness.agent.metrics import Registry
-from kubeharness.agent.prober.handlers import exec_command
+from kubeharness.agent.prober.handlers import exec_command, grpc_health, http_get, tcp_socket
 from kubeharness.agent.prober.handlers.exec import MAX_OUTPUT_BYTES
 from kubeharness.agent.prober.outcome import Outcome, ProbeError, ProbeResult
 from kubeharness.agent.runtime_client import RuntimeClient
@@ -166,3 +167,30 @@ async def test_the_call_is_counted_under_kubelets_operation_name(node: Node) -> 
     cid = await node.run()
     await node.probe(cid, "true")
     assert 'kubelet_runtime_operations_total{operation_type="exec_sync"} 1' in node.client.metrics.operations.render()
+
+
+# -- the network handlers against khelper's listeners in the emulator (on the pod's loopback IP) ----------
+
+async def test_the_network_handlers_against_khelpers_listeners(node: Node) -> None:
+    sid, _ = await node.cri.run_container(
+        args=["--http-port=8080", "--tcp-port=9000", "--grpc-port=9090", "--grpc-service=app",
+              "--unhealthy-after=60s"])
+    status = await node.cri.runtime.PodSandboxStatus(api.PodSandboxStatusRequest(pod_sandbox_id=sid))
+    ip = status.status.network.ip
+    clock = node.cri.clock
+
+    async def http(path: str) -> Outcome:
+        return await http_get(clock, scheme="HTTP", host=ip, port=8080, path=path, headers=(), timeout_s=1)
+
+    assert await http("/healthz") == Outcome(SUCCESS, "ok\n")
+    assert await http("/redirect?loc=/status%3Fcode%3D204") == Outcome(SUCCESS, "")
+    assert await http("/status?code=500") == Outcome(FAILURE, "HTTP probe failed with statuscode: 500")
+    assert await tcp_socket(clock, host=ip, port=9000, timeout_s=1) == Outcome(SUCCESS, "")
+    assert await grpc_health(clock, host=ip, port=9090, service="app", timeout_s=1) == Outcome(
+        SUCCESS, "service healthy")
+    assert await grpc_health(clock, host=ip, port=9090, service="other", timeout_s=1) == Outcome(
+        FAILURE, "error: health rpc probe failed: rpc error: code = NotFound desc = unknown service")
+    await clock.advance(60)
+    assert await http("/healthz") == Outcome(FAILURE, "HTTP probe failed with statuscode: 503")
+    assert await grpc_health(clock, host=ip, port=9090, service="", timeout_s=1) == Outcome(
+        FAILURE, 'service unhealthy (responded with "NOT_SERVING")')
