@@ -328,6 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench_agent.add_argument("--pods", type=int, default=100, help="pods written at once in phase 1")
     bench_agent.add_argument("--idle-pods", type=int, default=110, help="pods in total while idle in phase 2")
     bench_agent.add_argument("--idle-seconds", type=float, default=10.0, help="seconds of idle CPU measured")
+    bench_agent.add_argument("--probe-pods", type=int, default=110,
+                             help="pods with readiness and liveness probes at periodSeconds 1 in phase 3 (0: none)")
+    bench_agent.add_argument("--probe-kill-pods", type=int, default=10,
+                             help="of those, pods whose liveness is made to fail, to time the kill")
+    bench_agent.add_argument("--probe-seconds", type=float, default=30.0, help="seconds phase 3 is measured")
     bench_agent.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each phase")
     bench_agent.add_argument("--compare-timeout", type=float, default=600.0,
                              help="seconds to wait for each phase against --compare-endpoint")

@@ -165,7 +165,8 @@ def test_agent_bench_helpers_parse_what_the_agent_serves() -> None:
 
 
 def test_bench_agent_against_an_emulator_it_starts(capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["bench", "agent", "--pods", "5", "--idle-pods", "6", "--idle-seconds", "1"]
+    argv = ["bench", "agent", "--pods", "5", "--idle-pods", "6", "--idle-seconds", "1", "--probe-pods", "4",
+            "--probe-kill-pods", "2", "--probe-seconds", "12"]
     assert build_parser().parse_args(argv).endpoint is None  # no endpoint: the bench spawns an emulator
     assert cli_main(argv) == 0
     out = capsys.readouterr().out
@@ -186,6 +187,13 @@ def test_bench_agent_against_an_emulator_it_starts(capsys: pytest.CaptureFixture
     assert idle is not None and float(idle.group(2)) >= 1.0, out
     assert re.search(r"^clean-up: 6 manifests deleted; out of /pods after [\d.]+ s, sandboxes removed by the agent "
                      r"after [\d.]+ s; 0 swept through CRI, 0 left$", out, re.MULTILINE), out
+    probes = re.search(r"^phase 3: 4 pods probed \(.*2 with liveness httpGet turned to 500\), all Ready [\d.]+ s "
+                       r"after the manifests: agent CPU [\d.]+ s in ([\d.]+) s = [\d.]+% of one core", out, re.MULTILINE)
+    assert probes is not None and float(probes.group(1)) >= 12, out
+    jitter = re.search(r"^  probe period jitter over (\d+) intervals \((\d+) readiness probes\)", out, re.MULTILINE)
+    assert jitter is not None and int(jitter.group(1)) >= 2 * 8, out  # two steady pods, a probe a second
+    assert re.search(r"^  third failed liveness answer to the container's stop \(2 kills\): p50 [\d.]+ ms", out,
+                     re.MULTILINE), out
     assert re.search(r"^target \(emulator\) startup p99 <= 200 ms: (met|NOT met) \(p99 [\d.]+ ms\)$", out, re.MULTILINE)
     assert re.search(r"^target \(emulator\) idle agent CPU <= 5% of one core: (met|NOT met) \([\d.]+%\)$", out,
                      re.MULTILINE)

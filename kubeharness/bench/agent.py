@@ -47,6 +47,7 @@ from kubeharness.bench.agentphases import (
     sweep,
     watch_until_running,
 )
+from kubeharness.bench.agentprobes import ProbeRun, bench_probes, probe_lines
 from kubeharness.bench.emulator import SpawnedEmulator
 from kubeharness.bench.errors import BenchError
 from kubeharness.bench.procstat import sample
@@ -74,6 +75,7 @@ class Run:
     relists: Histogram | None = None  # PLEG relists during phase 1
     calls: dict[str, tuple[int, float]] = field(default_factory=dict)  # CRI operation -> (count, seconds), phase 1
     startup_cpu_s: tuple[float, float] = (0.0, 0.0)  # CPU of the agent and of the runtime (if known) in phase 1
+    probes: ProbeRun | None = None  # phase 3
     added: Startup | None = None
     idle: Idle | None = None
     cleanup: Cleanup = field(default_factory=Cleanup)
@@ -177,6 +179,10 @@ async def bench_runtime(run: Run, options: argparse.Namespace, timeout_s: float,
             run.problems.append(f"clean-up: {run.cleanup.left} sandboxes of namespace {namespace} are still there "
                                 f"(last error: {run.cleanup.sweep_error or 'none'})")
         shutil.rmtree(root, ignore_errors=True)
+    if options.probe_pods and not run.problems:
+        run.probes, problems = await bench_probes(run.endpoint, options.probe_pods, options.probe_kill_pods,
+                                                  options.probe_seconds, timeout_s)
+        run.problems.extend(problems)
 
 
 # -- report -------------------------------------------------------------------------------------------
@@ -238,6 +244,8 @@ def run_lines(run: Run) -> list[str]:
     removed = f"{c.sandboxes_gone_s:.2f} s" if c.sandboxes_gone_s is not None else "not reached"
     lines.append(f"clean-up: {c.manifests} manifests deleted; out of /pods after {gone}, sandboxes removed by the "
                  f"agent after {removed}; {c.swept} swept through CRI, {c.left} left")
+    if run.probes is not None:
+        lines += probe_lines(run.probes)
     return lines + [f"FAILED {p}" for p in run.problems]
 
 
@@ -289,6 +297,9 @@ def check(options: argparse.Namespace) -> None:
         raise BenchError("--pods must be at least 1")
     if options.idle_pods < options.pods:
         raise BenchError(f"--idle-pods ({options.idle_pods}) must be at least --pods ({options.pods})")
+    if options.probe_pods < 0 or not 0 <= options.probe_kill_pods <= options.probe_pods or options.probe_seconds <= 0:
+        raise BenchError("--probe-pods and --probe-seconds must be positive (0 pods: no probes phase), "
+                         "--probe-kill-pods at most --probe-pods")
     if options.idle_seconds <= 0 or options.timeout <= 0 or options.compare_timeout <= 0:
         raise BenchError("--idle-seconds, --timeout and --compare-timeout must be positive")
 
