@@ -188,7 +188,8 @@ def test_bench_agent_against_an_emulator_it_starts(capsys: pytest.CaptureFixture
     assert re.search(r"^clean-up: 6 manifests deleted; out of /pods after [\d.]+ s, sandboxes removed by the agent "
                      r"after [\d.]+ s; 0 swept through CRI, 0 left$", out, re.MULTILINE), out
     probes = re.search(r"^phase 3: 4 pods probed \(.*2 with liveness httpGet turned to 500\), all Ready [\d.]+ s "
-                       r"after the manifests: agent CPU [\d.]+ s in ([\d.]+) s = [\d.]+% of one core", out, re.MULTILINE)
+                       r"after the manifests: agent CPU [\d.]+ s in ([\d.]+) s = [\d.]+% of one core", out,
+                       re.MULTILINE)
     assert probes is not None and float(probes.group(1)) >= 12, out
     jitter = re.search(r"^  probe period jitter over (\d+) intervals \((\d+) readiness probes\)", out, re.MULTILINE)
     assert jitter is not None and int(jitter.group(1)) >= 2 * 8, out  # two steady pods, a probe a second

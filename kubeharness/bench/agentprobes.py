@@ -11,9 +11,9 @@ runtime's CONTAINER_STOPPED event for that container (GetContainerEvents; a runt
 containerd 1.6, gives no kill figure).
 
 Figures, once every pod is Ready and after a settling second: the agent's CPU over ``--probe-seconds`` as %
-of one core (target at most 25 %); the period jitter, |interval between two readiness probes of a pod - 1 s| over the
-pods that are not killed, p50, p99 and max (no target beyond "small"); the kill latency from the third failed answer to the stop event,
-p50 and max (target at most 100 ms).
+of one core (target at most 25 %); the period jitter, |interval between two readiness probes of a pod - 1 s|
+over the pods that are not killed, p50, p99 and max (no target beyond "small"); the kill latency from the
+third failed answer to the stop event, p50 and max (target at most 100 ms).
 """
 
 from __future__ import annotations
