@@ -153,12 +153,14 @@ def file_message(status: api.ContainerStatus, path: str, fallback: bool) -> tupl
     for mount in status.mounts:
         if mount.container_path != path:
             continue
+        host = mount.host_path
         try:
-            data = read_at_most(mount.host_path, MAX_MESSAGE_BYTES)
+            data = read_at_most(host, MAX_MESSAGE_BYTES)
         except FileNotFoundError:
             return "", fallback
-        except OSError as err:
-            return f"Error on reading termination log {mount.host_path}: {err}", False
+        except OSError as err:  # Go opens a directory, and then cannot read it
+            op = "read" if isinstance(err, IsADirectoryError) else "open"
+            return f"Error on reading termination log {host}: {op} {host}: {_go_error(err)}", False
         return data.decode("utf-8", "replace"), fallback and not data
     return "", fallback
 
