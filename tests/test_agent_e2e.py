@@ -67,8 +67,27 @@ class Node:
             if check(pods):
                 return pods
             assert waited < limit_s, f"not reached within {limit_s} virtual seconds: {json.dumps(pods)[:3000]}"
+            await self.settle()
             await self.clock.advance(step_s)
             waited += step_s
+            for _ in range(3):
+                await asyncio.sleep(0.002)
+
+    async def settle(self, limit_s: float = 10.0) -> None:
+        """Let probes that are under way (real connections to the emulated containers) finish before the
+        virtual clock moves on, so that their timeouts on that clock do not fire while their I/O is still
+        going; a probe that hangs on purpose is given up on after ``limit_s`` of real time."""
+        deadline = time.monotonic() + limit_s
+        while self.agent.probes.prober.in_flight and time.monotonic() < deadline:  # noqa: ASYNC110 (a count, not an event)
+            await asyncio.sleep(0.01)
+
+    async def advance(self, seconds: float, step_s: float = 0.25) -> None:
+        """Move the virtual clock by ``seconds`` in steps, settling probes before each."""
+        moved = 0.0
+        while moved < seconds:
+            await self.settle()
+            await self.clock.advance(min(step_s, seconds - moved))
+            moved += step_s
             for _ in range(3):
                 await asyncio.sleep(0.002)
 

@@ -186,3 +186,28 @@ async def test_a_sidecar_starts_first_keeps_running_and_is_probed(node: Node) ->
     assert container(pods, "car")["restartCount"] == 0 and "running" in container(pods, "car")["state"]
     kills = [m for r, m in reasons(await events(node, "car")) if r == "Killing"]
     assert kills == ["Init container side failed liveness probe"]
+
+
+async def test_a_grpc_liveness_probe_restarts_a_container_that_stops_serving(node: Node) -> None:
+    app = helper("app", "--grpc-port=9090", "--grpc-service=app", "--unhealthy-after=20s")
+    app["livenessProbe"] = probe({"grpc": {"port": 9090, "service": "app"}}, periodSeconds=5, failureThreshold=2)
+    app["readinessProbe"] = probe({"grpc": {"port": 9090}}, periodSeconds=5)
+    node.write("rpc", pod("rpc", app))
+    pods = await node.until(lambda p: bool(container(p, "rpc").get("ready")), limit_s=30)
+    assert container(pods, "rpc")["restartCount"] == 0
+    await node.until(lambda p: container(p, "rpc").get("restartCount", 0) >= 1, limit_s=120)
+    failed = {m for r, m in reasons(await events(node, "rpc")) if r == "Unhealthy"}
+    assert 'Liveness probe failed: service unhealthy (responded with "NOT_SERVING")' in failed
+
+
+async def test_a_grpc_probe_of_an_unknown_service_fails(node: Node) -> None:
+    app = helper("app", "--grpc-port=9090")
+    app["readinessProbe"] = probe({"grpc": {"port": 9090, "service": "other"}}, periodSeconds=2)
+    node.write("svc", pod("svc", app))
+    await node.until(lambda p: "running" in container(p, "svc").get("state", {}), limit_s=30)
+    await node.advance(10)
+    pods = await node.pods()
+    assert container(pods, "svc")["ready"] is False
+    failed = [m for r, m in reasons(await events(node, "svc")) if r == "Unhealthy"]
+    assert failed == ["Readiness probe failed: error: health rpc probe failed: rpc error: code = NotFound desc = "
+                      "unknown service"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 from kubeharness.agent.events import PROBE_WARNING, UNHEALTHY, WARNING, Recorder, container_field_path
+from kubeharness.agent.expansion import expand_command
 from kubeharness.agent.model import Container, ExecAction, GRPCAction, HTTPGetAction, Pod, Probe, TCPSocketAction
 from kubeharness.agent.prober import metrics as probe_metrics
 from kubeharness.agent.prober.handlers import exec_command, grpc_health, http_get, probe_host, resolve_port, tcp_socket
@@ -38,6 +39,7 @@ class Prober:
         self.client = client
         self.recorder = recorder
         self.metrics = metrics
+        self.in_flight = 0  # probes running now (tests on a virtual clock let them finish before moving time)
 
     async def probe(self, kind: str, pod: Pod, container: Container, container_id: str, pod_ip: str,
                     ) -> Result | None:
@@ -49,12 +51,16 @@ class Prober:
         started = time.perf_counter()
         error: ProbeError | None = None
         outcome: Outcome | None = None
-        for _ in range(MAX_PROBE_RETRIES):
-            try:
-                outcome = await self._run(spec, container, container_id, pod_ip)
-                break
-            except ProbeError as err:
-                error = err
+        self.in_flight += 1
+        try:
+            for _ in range(MAX_PROBE_RETRIES):
+                try:
+                    outcome = await self._run(spec, container, container_id, pod_ip)
+                    break
+                except ProbeError as err:
+                    error = err
+        finally:
+            self.in_flight -= 1
         elapsed = time.perf_counter() - started
         if outcome is None:
             self.recorder.record(pod.namespace, pod.name, pod.uid, field_path, WARNING, UNHEALTHY,
@@ -77,7 +83,7 @@ class Prober:
         address = pod_ip or HOST_NETWORK_ADDRESS
         if isinstance(action, ExecAction):
             return await exec_command(self.clock, self.client, container_id=container_id,
-                                      command=list(action.command), timeout_s=timeout)
+                                      command=expand_command(action.command, container.env), timeout_s=timeout)
         if isinstance(action, HTTPGetAction):
             return await http_get(self.clock, scheme=action.scheme, host=probe_host(action.host, address),
                                   port=resolve_port(action.port, container), path=action.path,

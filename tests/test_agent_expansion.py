@@ -1,0 +1,36 @@
+"""``$(VAR)`` expansion as Kubernetes does it, case by case."""
+
+from __future__ import annotations
+
+import pytest
+
+from kubeharness.agent.expansion import expand, expand_command
+from kubeharness.agent.model import EnvVar
+
+MAPPING = {"VAR": "value", "EMPTY": "", "A": "x"}
+
+
+@pytest.mark.parametrize(("text", "want"), [
+    ("$(VAR)", "value"),
+    ("a-$(VAR)-b", "a-value-b"),
+    ("$(VAR)$(A)", "valuex"),
+    ("$(EMPTY)", ""),
+    ("$(MISSING)", "$(MISSING)"),  # undefined: kept as written
+    ("$$(VAR)", "$(VAR)"),  # escaped
+    ("$$$(VAR)", "$value"),
+    ("$VAR", "$VAR"),  # only the $(...) form
+    ("$", "$"),
+    ("end$", "end$"),
+    ("$(VAR", "$(VAR"),  # unclosed
+    ("$()", "$()"),
+    ("no refs", "no refs"),
+    ("", ""),
+])
+def test_expand(text: str, want: str) -> None:
+    assert expand(text, MAPPING) == want
+
+
+def test_an_exec_command_with_the_container_s_environment() -> None:
+    env = (EnvVar("PORT", "8080"), EnvVar("PORT", "9090"), EnvVar("NAME", "web"))
+    assert expand_command(["sh", "-c", "check $(NAME):$(PORT) $(OTHER)"], env) == [
+        "sh", "-c", "check web:9090 $(OTHER)"]  # the later definition wins
