@@ -9,6 +9,7 @@ import io
 import os
 import random
 import stat
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from kubeharness.agent import labels, termination
 from kubeharness.agent.model import TERMINATION_MESSAGE_FALLBACK, TERMINATION_MESSAGE_FILE, Container, Pod, PodSpec
 from kubeharness.emulators.cri.logs import encode_line
 from kubeharness.wire.cri import api_pb2 as api
+from kubeharness.wire.cri import api_pb2_grpc as api_grpc
+from tests import test_agent_e2e as e2e
 
 T0 = 1_767_225_600 * 1_000_000_000
 MOUNT_AT = "/dev/termination-log"
@@ -167,3 +170,79 @@ def test_the_policy_is_annotated_for_kubelet_to_read_back(policy: str) -> None:
     notes = labels.notes_from_annotations(labels.container_annotations(pod, container, 0))
     assert (notes.termination_message_policy, notes.termination_message_path) == (policy, "/m")
 
+
+
+# -- end to end through the agent on the CRI emulator ---------------------------------------------------------
+
+
+@pytest.fixture
+async def node(tmp_path: Path) -> AsyncIterator[e2e.Node]:
+    n = await e2e.start_node(tmp_path)
+    try:
+        yield n
+    finally:
+        await e2e.stop_node(n)
+
+
+def terminated(pods: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
+    return dict(e2e.container(pods, name).get("state", {}).get("terminated") or {})
+
+
+async def finished(node: e2e.Node, name: str, app: dict[str, Any]) -> dict[str, Any]:
+    node.write(name, e2e.pod(name, app, restart="Never"))
+    pods = await node.until(lambda p: bool(terminated(p, name)), limit_s=60)
+    return terminated(pods, name)
+
+
+async def test_the_message_the_container_wrote_to_its_file(node: e2e.Node) -> None:
+    last = await finished(node, "wrote", e2e.helper("app", "--exit-after=1s", "--termination-message=all done"))
+    assert (last["exitCode"], last["reason"], last["message"]) == (0, "Completed", "all done")
+    # the file the agent made and mounted, under its root directory, as kubelet makes it
+    uid = (await node.pods())[f"wrote-{e2e.NODE}"]["metadata"]["uid"]
+    [host] = list((node.root / "kubelet" / "pods" / uid / "containers" / "app").iterdir())
+    assert host.read_text() == "all done" and stat.S_IMODE(host.stat().st_mode) == 0o666
+    async with node.channel() as channel:
+        stub = api_grpc.RuntimeServiceStub(channel)
+        [c] = (await stub.ListContainers(api.ListContainersRequest())).containers
+        status = (await stub.ContainerStatus(api.ContainerStatusRequest(container_id=c.id))).status
+    assert [(m.container_path, m.host_path) for m in status.mounts] == [("/dev/termination-log", str(host))]
+
+
+async def test_a_custom_termination_message_path(node: e2e.Node) -> None:
+    app = e2e.helper("app", "--exit-after=1s", "--exit-code=4", "--termination-message=custom",
+                     "--termination-message-path=/tmp/why")
+    app["terminationMessagePath"] = "/tmp/why"
+    last = await finished(node, "custom", app)
+    assert (last["exitCode"], last["message"]) == (4, "custom")
+
+
+async def test_a_message_written_elsewhere_is_not_seen(node: e2e.Node) -> None:
+    app = e2e.helper("app", "--exit-after=1s", "--termination-message=lost", "--termination-message-path=/tmp/x")
+    last = await finished(node, "elsewhere", app)
+    assert "message" not in last
+
+
+async def test_fallback_to_logs_on_error_takes_the_logs_tail(node: e2e.Node) -> None:
+    app = e2e.helper("app", "--log-rate=100", "--log-count=100", "--exit-after=2s", "--exit-code=1")
+    app["terminationMessagePolicy"] = "FallbackToLogsOnError"
+    last = await finished(node, "logs", app)
+    assert (last["exitCode"], last["message"]) == (1, "".join(f"line {n}\n" for n in range(21, 101)))
+
+
+async def test_fallback_keeps_at_most_2048_bytes_of_the_log(node: e2e.Node) -> None:
+    app = e2e.helper("app", "--log-rate=10", "--log-count=10", "--log-line-bytes=1000", "--exit-after=2s",
+                     "--exit-code=2")
+    app["terminationMessagePolicy"] = "FallbackToLogsOnError"
+    last = await finished(node, "wide", app)
+    lines = [f"line {n} " + "x" * (1000 - len(f"line {n} ")) + "\n" for n in range(1, 11)]
+    assert len(last["message"].encode()) == 2048 and last["message"] == "".join(lines)[-2048:]
+
+
+async def test_fallback_does_not_apply_to_a_success_or_a_written_file(node: e2e.Node) -> None:
+    ok = e2e.helper("ok", "--log-rate=10", "--log-count=3", "--exit-after=1s")
+    ok["terminationMessagePolicy"] = "FallbackToLogsOnError"
+    assert "message" not in await finished(node, "ok", ok)
+    wrote = e2e.helper("app", "--log-rate=10", "--log-count=3", "--exit-after=1s", "--exit-code=1",
+                       "--termination-message=from the file")
+    wrote["terminationMessagePolicy"] = "FallbackToLogsOnError"
+    assert (await finished(node, "wrote", wrote))["message"] == "from the file"

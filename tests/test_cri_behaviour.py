@@ -448,3 +448,68 @@ async def test_exec_attach_and_port_forward_of_unknown_ids_are_not_found(cri: Cr
     await expect_code(
         cri.runtime.PortForward(api.PortForwardRequest(pod_sandbox_id=unknown, port=[80])), grpc.StatusCode.NOT_FOUND
     )
+
+
+# -- termination messages -----------------------------------------------------------------------------
+
+
+async def run_with_message_file(cri: CriHarness, tmp_path: Path, args: list[str],
+                                container_path: str = "/dev/termination-log", pod: str = "msg") -> tuple[str, Path]:
+    """A started helper container with a host file mounted at ``container_path`` (as the kubelet mounts its
+    termination message file): (container id, the host file)."""
+    host = tmp_path / f"termination-file-{pod}"
+    host.write_bytes(b"")
+    cfg = cri.sandbox_config(name=pod)
+    sid = await cri.run_sandbox(cfg)
+    await cri.pull(HELPER_IMAGE)
+    config = api.ContainerConfig(metadata=api.ContainerMetadata(name="c"), image=api.ImageSpec(image=HELPER_IMAGE),
+                                 command=["/khelper", *args], log_path="c/0.log",
+                                 mounts=[api.Mount(container_path=container_path, host_path=str(host))])
+    config.linux.security_context.namespace_options.pid = api.CONTAINER
+    cid = (await cri.runtime.CreateContainer(api.CreateContainerRequest(
+        pod_sandbox_id=sid, config=config, sandbox_config=cfg))).container_id
+    await cri.start_container(cid)
+    return cid, host
+
+
+async def test_the_termination_message_goes_through_the_mount_at_exit(cri: CriHarness, tmp_path: Path) -> None:
+    cid, host = await run_with_message_file(cri, tmp_path, ["--exit-after=2s", "--termination-message=done here"])
+    status = await cri.status(cid)
+    assert [(m.container_path, m.host_path) for m in status.mounts] == [("/dev/termination-log", str(host))]
+    await cri.clock.advance(1.999)
+    assert host.read_bytes() == b""  # only as it ends
+    await cri.clock.advance(0.001)
+    assert (await cri.status(cid)).state == api.CONTAINER_EXITED
+    assert host.read_bytes() == b"done here"
+
+
+async def test_the_termination_message_at_a_custom_path(cri: CriHarness, tmp_path: Path) -> None:
+    _, host = await run_with_message_file(
+        cri, tmp_path, ["--exit-after=1s", "--termination-message=x", "--termination-message-path=/tmp/why"],
+        container_path="/tmp/why")
+    await cri.clock.advance(1)
+    assert host.read_bytes() == b"x"
+
+
+async def test_the_termination_message_after_sigterm_but_not_after_sigkill(cri: CriHarness, tmp_path: Path) -> None:
+    cid, host = await run_with_message_file(cri, tmp_path, ["--termination-message=terminated"])
+    await finish(stop(cri, cid, timeout=30))
+    assert host.read_bytes() == b"terminated"
+    killed, other = await run_with_message_file(cri, tmp_path, ["--ignore-sigterm", "--termination-message=never"],
+                                                pod="killed")
+    task = asyncio.ensure_future(stop(cri, killed, timeout=2))
+    await until_timer_added(cri, 0)
+    await cri.clock.advance(2)
+    await finish(task)
+    await assert_exited(cri, killed, 137, "Error", (await cri.status(killed)).finished_at)
+    assert other.read_bytes() == b""
+
+
+async def test_an_unwritable_termination_message_path_is_reported_on_stderr(cri: CriHarness) -> None:
+    _, cid, _ = await run(cri, args=["--exit-after=1s", "--termination-message=x",
+                                     "--termination-message-path=/no/such/dir/file"])
+    await cri.clock.advance(1)
+    status = await cri.status(cid)
+    assert status.exit_code == 0
+    assert log_lines(status)[-1].endswith(
+        "stderr F khelper: cannot write /no/such/dir/file: No such file or directory")

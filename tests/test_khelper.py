@@ -696,3 +696,36 @@ def test_inherited_children_are_reaped(request: pytest.FixtureRequest, env: dict
         assert proc.poll() is None
         os.kill(proc.pid, signal.SIGTERM)
         assert finish(proc)[0] == 0
+
+
+# -- termination messages ---------------------------------------------------------------------------------
+
+
+def test_the_termination_message_is_written_at_exit_and_after_sigterm(khelper: Path, env: dict[str, str],
+                                                                      tmp_path: Path) -> None:
+    path = tmp_path / "termination-log"
+    assert run(khelper, ["--exit-after=0", "--exit-code=3", "--termination-message=bye now",
+                         f"--termination-message-path={path}"], env) == (3, "", "")
+    assert path.read_bytes() == b"bye now"
+    Path(env["KHELPER_STATE"]).unlink()  # so that the next wait is for the next process
+    with started(khelper, ["--termination-message=stopped", f"--termination-message-path={path}"], env) as proc:
+        wait_for(lambda: Path(env["KHELPER_STATE"]).exists(), what="the state file")
+        os.kill(proc.pid, signal.SIGTERM)
+        assert finish(proc) == (0, "", "")
+    assert path.read_bytes() == b"stopped"
+    path.write_bytes(b"")
+    Path(env["KHELPER_STATE"]).unlink()
+    with started(khelper, ["--ignore-sigterm", "--termination-message=no", f"--termination-message-path={path}"],
+                 env) as proc:
+        wait_for(lambda: Path(env["KHELPER_STATE"]).exists(), what="the state file")
+        os.kill(proc.pid, signal.SIGKILL)
+        finish(proc)
+    assert path.read_bytes() == b""  # SIGKILL leaves no time to write it
+
+
+def test_an_unwritable_termination_message_path_is_reported_as_the_emulator_reports_it(
+        khelper: Path, env: dict[str, str], tmp_path: Path) -> None:
+    missing = tmp_path / "no" / "such"
+    code, out, err = run(khelper, ["--exit-after=0", "--termination-message=x",
+                                   f"--termination-message-path={missing}"], env)
+    assert (code, out, err) == (0, "", f"khelper: cannot write {missing}: No such file or directory\n")
