@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 from collections.abc import Coroutine
@@ -32,12 +31,12 @@ from typing import Any
 import grpc
 
 from kubeharness import fsafe
-from kubeharness.agent import deadline
+from kubeharness.agent import deadline, endpoints
 from kubeharness.agent.actions import PodActions, compute_pod_actions
 from kubeharness.agent.backoff import Backoff
 from kubeharness.agent.config import AgentConfig
 from kubeharness.agent.events import NORMAL, Recorder
-from kubeharness.agent.httpserver import Answer, HttpServer
+from kubeharness.agent.httpserver import HttpServer
 from kubeharness.agent.kuberuntime import PodRuntime
 from kubeharness.agent.metrics import Registry
 from kubeharness.agent.model import Pod
@@ -47,10 +46,11 @@ from kubeharness.agent.prober.manager import ProbeManager
 from kubeharness.agent.prober.metrics import ProbeMetrics
 from kubeharness.agent.prober.prober import Prober
 from kubeharness.agent.prober.results import Results
-from kubeharness.agent.prober.worker import LIVENESS, READINESS, STARTUP, ContainerView, PodView
+from kubeharness.agent.prober.view import pod_view
+from kubeharness.agent.prober.worker import LIVENESS, READINESS, STARTUP, PodView
 from kubeharness.agent.runtime_client import RuntimeClient
 from kubeharness.agent.sources import FileSource, HttpSource, PodSource, SourceUpdate
-from kubeharness.agent.status import FAILED, RUNNING_PHASE, SUCCEEDED, pod_status
+from kubeharness.agent.status import RUNNING_PHASE, pod_status
 from kubeharness.clock import Clock, seconds_to_ns
 from kubeharness.errors import FailedPrecondition
 from kubeharness.wire.cri import api_pb2 as api
@@ -152,13 +152,12 @@ class Agent:
             fsafe.check_owner(self.config.root_dir, "the agent's root directory")
         except fsafe.FsafeError as err:
             raise FailedPrecondition(err.message) from None
-        routes = {"/pods": self._pods_answer, "/healthz": self._healthz_answer, "/metrics": self._metrics_answer,
-                  "/metrics/probes": self._probe_metrics_answer, "/events": self._events_answer}
+        routes = endpoints.routes(self.pod_list, self.pleg, self.metrics, self.probe_metrics, self.recorder)
         if self.config.read_only_port:
             self.servers.append(HttpServer(self.config.address, self.config.read_only_port, routes))
         if self.config.healthz_port:
             self.servers.append(HttpServer(self.config.healthz_bind_address, self.config.healthz_port,
-                                           {"/healthz": self._healthz_answer}))
+                                           {"/healthz": routes["/healthz"]}))
         for server in self.servers:
             await server.start()
         loops: list[Coroutine[Any, Any, None]] = [
@@ -340,20 +339,7 @@ class Agent:
         status = self.statuses.get(uid)
         if pod is None or status is None:
             return None
-        container: ContainerView | None = None
-        for c in (*status.get("initContainerStatuses", []), *status.get("containerStatuses", [])):
-            if c.get("name") != name:
-                continue
-            container_id = str(c.get("containerID", "")).partition("://")[2]
-            observed = self.pleg.get(uid)
-            instance = observed.latest(name) if observed is not None else None
-            started_at = instance.started_ns if instance is not None and instance.id == container_id else 0
-            state = c.get("state", {})
-            container = ContainerView(container_id, "running" in state, started_at, "terminated" in state,
-                                      bool(c.get("started")))
-        return PodView(terminal=status.get("phase") in (SUCCEEDED, FAILED), deleting=deleting,
-                       restart_never=pod.spec.restart_policy == "Never", pod_ip=str(status.get("podIP", "")),
-                       container=container)
+        return pod_view(pod, status, self.pleg.get(uid), name, deleting=deleting)
 
     async def _learn_runtime_name(self) -> None:
         """Ask the runtime's name once (for container ids ``<runtime>://<id>``), however many workers need it."""
@@ -394,27 +380,4 @@ class Agent:
     # -- status out ------------------------------------------------------------------------------------
 
     def pod_list(self) -> dict[str, Any]:
-        items = []
-        for uid, pod in sorted(self.desired.items(), key=lambda item: item[1].full_name):
-            items.append({**pod.raw, "status": self.statuses.get(uid, {"phase": "Pending"})})
-        for pod, reason, message in self.rejected.values():
-            items.append({**pod.raw, "status": {"phase": "Failed", "reason": reason, "message": message}})
-        return {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items}
-
-    def _pods_answer(self) -> Answer:
-        return Answer(200, json.dumps(self.pod_list()).encode(), "application/json")
-
-    def _healthz_answer(self) -> Answer:
-        if self.pleg.last_relist_ns is not None and not self.pleg.healthy():
-            return Answer(500, b"[-]pleg failed: PLEG is not healthy: the runtime has not answered a relist "
-                               b"within 3m0s\nhealthz check failed\n")
-        return Answer(200, b"ok")
-
-    def _probe_metrics_answer(self) -> Answer:
-        return Answer(200, self.probe_metrics.render().encode(), "text/plain; version=0.0.4; charset=utf-8")
-
-    def _events_answer(self) -> Answer:
-        return Answer(200, json.dumps(self.recorder.event_list()).encode(), "application/json")
-
-    def _metrics_answer(self) -> Answer:
-        return Answer(200, self.metrics.render().encode(), "text/plain; version=0.0.4; charset=utf-8")
+        return endpoints.pod_list(self.desired, self.rejected, self.statuses)
