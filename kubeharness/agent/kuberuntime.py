@@ -39,6 +39,7 @@ from kubeharness.agent.actions import PodActions, backoff_entry
 from kubeharness.agent.backoff import Backoff
 from kubeharness.agent.config import AgentConfig
 from kubeharness.agent.events import KILLING, NORMAL, Recorder, container_field_path
+from kubeharness.agent.expansion import expand_command
 from kubeharness.agent.lifecycle import HookRunner
 from kubeharness.agent.metrics import Registry
 from kubeharness.agent.model import PULL_ALWAYS, PULL_NEVER, Container, Pod
@@ -118,7 +119,8 @@ def container_config(pod: Pod, container: Container, restart_count: int, image: 
     return api.ContainerConfig(
         metadata=api.ContainerMetadata(name=container.name, attempt=restart_count),
         image=api.ImageSpec(image=image, user_specified_image=container.image),
-        command=list(container.command), args=list(container.args), working_dir=container.working_dir,
+        command=expand_command(container.command, container.env), args=expand_command(container.args, container.env),
+        working_dir=container.working_dir,
         envs=[api.KeyValue(key=e.name, value=e.value) for e in container.env],
         labels=labels.container_labels(pod, container),
         annotations=labels.container_annotations(pod, container, restart_count), mounts=list(mounts),
