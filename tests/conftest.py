@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import os
 import socket
 import subprocess
 import sys
@@ -163,6 +165,19 @@ class CriHarness:
         cid = await self.create(sid, cfg, image=image, args=args, **kw)  # type: ignore[arg-type]
         await self.start_container(cid)
         return sid, cid
+
+
+_cidrs = itertools.count()
+
+
+def private_pod_cidr() -> str:
+    """A /24 of loopback pod addresses no other test process uses: the emulated containers' ports are real
+    sockets on their pod IPs, and every emulator with the default pool hands out 127.77.0.2 first, so two
+    tests on two xdist workers listening on 8080 of the same address would collide. The second octet is the
+    worker's (100 + its number), the third counts the calls in this process."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    second = 100 + (int(worker) if worker.isdigit() else 0) % 150
+    return f"127.{second}.{next(_cidrs) % 256}.0/24"
 
 
 @pytest.fixture

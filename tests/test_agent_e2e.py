@@ -5,6 +5,7 @@ so minutes of crash-loop backoff take a second."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import itertools
 import json
 import time
@@ -22,7 +23,7 @@ from kubeharness.emulators.cri.config import CriConfig
 from kubeharness.emulators.cri.server import CriServer
 from kubeharness.wire.cri import api_pb2 as api
 from kubeharness.wire.cri import api_pb2_grpc as api_grpc
-from tests.conftest import free_port
+from tests.conftest import free_port, private_pod_cidr
 
 IMAGE = "kubeharness.test/khelper:1"
 NODE = "node-1"
@@ -45,6 +46,7 @@ class Node:
     cri: CriServer
     agent: Agent
     port: int
+    cri_config: CriConfig
 
     @property
     def manifests(self) -> Path:
@@ -127,7 +129,8 @@ def container(pods: dict[str, dict[str, Any]], name: str, index: int = 0, init: 
 async def start_node(root: Path, clock: VirtualClock | None = None) -> Node:
     clock = clock or VirtualClock()
     (root / "manifests").mkdir(exist_ok=True)
-    cri = CriServer(str(root / "cri.sock"), root / "state", CriConfig(), clock)
+    cri_config = CriConfig(pod_cidr=private_pod_cidr())
+    cri = CriServer(str(root / "cri.sock"), root / "state", cri_config, clock)
     await cri.start()
     port = free_port()
     config = AgentConfig.from_dict({
@@ -138,7 +141,7 @@ async def start_node(root: Path, clock: VirtualClock | None = None) -> Node:
     }, node_name=NODE, root_dir=str(root / "kubelet"))
     agent = Agent(config, clock)
     await agent.start()
-    return Node(root, clock, cri, agent, port)
+    return Node(root, clock, cri, agent, port, cri_config)
 
 
 async def stop_node(node: Node) -> None:
@@ -159,7 +162,7 @@ async def test_a_pod_starts_and_is_running_with_an_ip(node: Node) -> None:
     node.write("web", pod("web", helper("app", "--http-port=8080")))
     pods = await node.until(lambda p: phase(p, "web") == "Running")
     status = pods[f"web-{NODE}"]["status"]
-    assert status["podIP"].startswith("127.77.")
+    assert ipaddress.ip_address(status["podIP"]) in ipaddress.ip_network(node.cri_config.pod_cidr)
     app = status["containerStatuses"][0]
     assert (app["name"], app["ready"], app["restartCount"], "running" in app["state"]) == ("app", True, 0, True)
     assert app["containerID"].startswith("kubeharness://") and app["image"] == IMAGE
@@ -290,7 +293,7 @@ async def test_the_runtime_restarting_midway_duplicates_nothing(tmp_path: Path) 
             await asyncio.sleep(0.01)
         status, body = await http_get(n.port, "/healthz")  # the node is not ready now
         assert status == 500 and b"PLEG is not healthy" in body
-        n.cri = CriServer(str(tmp_path / "cri.sock"), tmp_path / "state", CriConfig(), n.clock)
+        n.cri = CriServer(str(tmp_path / "cri.sock"), tmp_path / "state", n.cri_config, n.clock)
         await n.cri.start()
         # the agent's channel reconnects in real time (gRPC's backoff) while the clock runs on: the node is healthy
         # again after the first relist that reaches the new runtime, however long the machine took to get there

@@ -34,7 +34,7 @@ from kubeharness.emulators.cri.config import CriConfig
 from kubeharness.faults import FaultEngine, load_plan
 from kubeharness.wire.cri import api_pb2 as api
 from tests import test_agent_e2e as e2e
-from tests.conftest import CriHarness, free_port
+from tests.conftest import CriHarness, free_port, private_pod_cidr
 
 POD_NAME = 'Pod "web_default(uid-1)"'
 
@@ -104,7 +104,8 @@ class Node:
 @pytest.fixture
 async def node(tmp_path: Path) -> AsyncIterator[Node]:
     clock = VirtualClock()
-    cri = CriHarness(root=tmp_path, clock=clock, config=CriConfig(), faults=FaultEngine(load_plan("rules: []"), clock))
+    cri = CriHarness(root=tmp_path, clock=clock, config=CriConfig(pod_cidr=private_pod_cidr()),
+                     faults=FaultEngine(load_plan("rules: []"), clock))
     await cri.start()
     client = RuntimeClient(f"unix://{cri.socket}", None, Registry(), timeout_s=5)
     recorder = Recorder(clock, "node-1")

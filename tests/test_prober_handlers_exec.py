@@ -22,7 +22,7 @@ from kubeharness.clock import VirtualClock
 from kubeharness.emulators.cri.config import CriConfig
 from kubeharness.faults import FaultEngine, load_plan
 from kubeharness.wire.cri import api_pb2 as api
-from tests.conftest import CriHarness
+from tests.conftest import CriHarness, private_pod_cidr
 
 SUCCESS, FAILURE = ProbeResult.SUCCESS, ProbeResult.FAILURE
 REQUEST_TIMEOUT_S = 5  # the agent's runtime request timeout in these tests
@@ -45,7 +45,8 @@ class Node:
 
 async def start_node(tmp_path: Path, plan: str = "rules: []") -> Node:
     clock = VirtualClock()
-    cri = CriHarness(root=tmp_path, clock=clock, config=CriConfig(), faults=FaultEngine(load_plan(plan), clock))
+    cri = CriHarness(root=tmp_path, clock=clock, config=CriConfig(pod_cidr=private_pod_cidr()),
+                     faults=FaultEngine(load_plan(plan), clock))
     await cri.start()
     return Node(cri, RuntimeClient(f"unix://{cri.socket}", None, Registry(), timeout_s=REQUEST_TIMEOUT_S))
 

@@ -177,6 +177,7 @@ class Agent:
         await self.probes.stop()
         for server in self.servers:
             await server.stop()
+        await self.runtime.close()
         await self.client.close()
 
     # -- the dispatching loops -------------------------------------------------------------------------
@@ -246,6 +247,7 @@ class Agent:
         for uid in list(self.desired):
             if uid not in wanted:
                 self.terminating[uid] = self.desired.pop(uid)
+                self.runtime.interrupt_post_start(uid)  # kubelet's cancelled pod worker stops a running postStart
                 self._worker(uid).request()
         for uid in list(self.rejected):
             if uid not in wanted:
@@ -320,7 +322,8 @@ class Agent:
         return False
 
     def _status(self, pod: Pod, actions: PodActions | None) -> dict[str, Any]:
-        return pod_status(pod, self.pleg.get(pod.uid), now_ns=self.clock.now_ns(),
+        observed = self.runtime.without_post_starting(self.pleg.get(pod.uid))  # hooks under way: not yet running
+        return pod_status(pod, observed, now_ns=self.clock.now_ns(),
                           runtime_name=self.runtime_name or "containerd", reasons=self.runtime.reasons.get(pod.uid),
                           actions=actions, previous=self.statuses.get(pod.uid), probes=self.probes,
                           evicted=(deadline.REASON, deadline.MESSAGE) if pod.uid in self.deadline_passed else None)

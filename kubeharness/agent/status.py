@@ -34,7 +34,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from kubeharness.agent import model
+from kubeharness.agent import model, termination
 from kubeharness.agent.actions import PodActions, sandbox_changed, should_restart
 from kubeharness.agent.model import Container, Pod
 from kubeharness.agent.observed import EXITED, RUNNING, UNKNOWN, ObservedContainer, ObservedPod
@@ -336,6 +336,7 @@ def pod_status(pod: Pod, observed: ObservedPod | None, *, now_ns: int, runtime_n
     status["startTime"] = previous.get("startTime") or now
     if pod.spec.init_containers:
         status["initContainerStatuses"] = inits
+    termination.truncate_pod_messages(len(pod.spec.containers) + len(pod.spec.init_containers), [*inits, *apps])
     status["containerStatuses"] = apps
     status["qosClass"] = pod_qos(pod)
     return status
