@@ -211,3 +211,16 @@ async def test_a_grpc_probe_of_an_unknown_service_fails(node: Node) -> None:
     failed = [m for r, m in reasons(await events(node, "svc")) if r == "Unhealthy"]
     assert failed == ["Readiness probe failed: error: health rpc probe failed: rpc error: code = NotFound desc = "
                       "unknown service"]
+
+
+async def test_an_unready_sidecar_keeps_the_pod_unready(node: Node) -> None:
+    side = helper("side")
+    side["restartPolicy"] = "Always"
+    side["readinessProbe"] = probe({"tcpSocket": {"port": 7777}}, periodSeconds=2)  # nothing listens
+    node.write("half", pod("half", helper("app"), init=[side]))
+    pods = await node.until(lambda p: bool(container(p, "half").get("ready")), limit_s=60)
+    conditions = {c["type"]: c for c in pods[f"half-{NODE}"]["status"]["conditions"]}
+    assert container(pods, "half", 0, init=True)["ready"] is False
+    assert (conditions["ContainersReady"]["status"], conditions["ContainersReady"]["message"]) == (
+        "False", "containers with unready status: [side]")
+    assert conditions["Ready"]["status"] == "False" and conditions["Initialized"]["status"] == "True"

@@ -242,8 +242,10 @@ def _conditions(pod: Pod, observed: ObservedPod | None, init_statuses: Sequence[
     else:
         conds.append({"type": "Initialized", "status": "False", "reason": "ContainersNotInitialized",
                       "message": f"containers with incomplete status: {_go_list(incomplete)}"})
-    unready = [c.name for c in pod.spec.containers
-               if not next((s["ready"] for s in statuses if s["name"] == c.name), False)]
+    unready = [c.name for c in pod.spec.init_containers if c.name in sidecars
+               and not next((s["ready"] for s in init_statuses if s["name"] == c.name), False)]
+    unready += [c.name for c in pod.spec.containers
+                if not next((s["ready"] for s in statuses if s["name"] == c.name), False)]
     if pod_phase in (SUCCEEDED, FAILED):
         containers_ready: Status = {"type": "ContainersReady", "status": "False",
                                     "reason": "PodCompleted" if pod_phase == SUCCEEDED else "PodFailed"}
