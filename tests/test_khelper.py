@@ -688,9 +688,14 @@ def test_inherited_children_are_reaped(request: pytest.FixtureRequest, env: dict
     sh = shutil.which("sh")
     if sh is None:
         pytest.skip("no sh to give the program a child")
-    # the shell starts a short-lived child, then becomes the program (same PID), which inherits the child
-    with started(Path(sh), ["-c", f'sleep 0.2 & exec "{binary}"'], env) as proc:
+    # the shell starts a child, then becomes the program (same PID), which inherits the child. The child lives
+    # until the test ends it (a short-lived one could come and go unseen on a loaded machine)
+    with started(Path(sh), ["-c", f'sleep 1000 & exec "{binary}"'], env) as proc:
         wait_for(lambda: bool(children_of(proc.pid)), what="the child")
+        wait_for(lambda: os.path.realpath(f"/proc/{proc.pid}/exe") == str(binary.resolve())
+                 and handles(proc.pid, signal.SIGCHLD), what="the shell to become the program and it to handle SIGCHLD")
+        (child,) = children_of(proc.pid)
+        os.kill(child, signal.SIGKILL)
         # a zombie child is still listed: the list empties only once the program has reaped it
         wait_for(lambda: not children_of(proc.pid), what="the child to end and be reaped")
         assert proc.poll() is None
