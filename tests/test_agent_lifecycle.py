@@ -484,3 +484,16 @@ async def test_a_failing_pre_stop_is_reported_and_the_pod_still_goes(agent_node:
     evs = await pod_events(agent_node, "leaving")
     assert ("Warning", "FailedPreStopHook", "PreStopHook failed") in evs
     assert ("Normal", "Killing", "Stopping container app") in evs
+
+
+async def test_a_tcp_socket_post_start_cannot_run_and_kills_the_container(agent_node: e2e.Node) -> None:
+    # the API server accepts tcpSocket hooks (kept for compatibility); kubelet's runner has no case for them
+    app = e2e.helper("app", "--tcp-port=80")
+    app["lifecycle"] = {"postStart": {"tcpSocket": {"port": 80}}}
+    agent_node.write("tcp", e2e.pod("tcp", app, grace=2))
+    pods = await agent_node.until(
+        lambda p: state_of(p, "tcp").get("waiting", {}).get("reason") == "PostStartHookError", limit_s=60)
+    assert state_of(pods, "tcp")["waiting"]["message"] == (
+        "Cannot run handler: invalid handler: &LifecycleHandler{Exec:nil,HTTPGet:nil,"
+        "TCPSocket:&TCPSocketAction{Port:{0 80 },Host:,},Sleep:nil,}")
+    assert ("Warning", "FailedPostStartHook", "PostStartHook failed") in await pod_events(agent_node, "tcp")

@@ -155,6 +155,9 @@ VALID: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
                     "preStop": {"httpGet": {"port": 80, "path": "/quit"}}}),
      {"lifecycle": Lifecycle(post_start=ExecAction(command=("sh", "-c", "echo hi")),
                              pre_stop=HTTPGetAction(port=80, path="/quit"))}),
+    ("tcpSocket hooks are read (the API server keeps them for compatibility; they fail when run)",
+     app(lifecycle={"postStart": {"tcpSocket": {"port": 80}}, "preStop": {"tcpSocket": {"port": "http"}}}),
+     {"lifecycle": Lifecycle(post_start=TCPSocketAction(port=80), pre_stop=TCPSocketAction(port="http"))}),
     ("sleep 0 (allowed since 1.34)", app(lifecycle={"preStop": {"sleep": {"seconds": 0}}}),
      {"lifecycle": Lifecycle(pre_stop=SleepAction(seconds=0))}),
     ("sleep of the whole grace period", app(lifecycle={"preStop": {"sleep": {"seconds": 30}}}),
@@ -278,9 +281,6 @@ INVALID: list[tuple[dict[str, Any], str, str]] = [
      'Unsupported value: "FTP": supported values: "HTTP", "HTTPS"'),
     (app(lifecycle={"postStart": {"tcpSocket": {"port": 0}}}), f"{C0}.lifecycle.postStart.tcpSocket.port",
      f"Invalid value: 0: {PORT_RANGE}"),
-    (app(lifecycle={"postStart": {"tcpSocket": {"port": 80}}}), f"{C0}.lifecycle.postStart.tcpSocket",
-     "Forbidden: tcpSocket is not supported as a lifecycle handler: the API server accepts it, but kubelet cannot "
-     "run it and fails the hook ('Cannot run handler'); use exec or httpGet"),
     # restartPolicy (validateContainers, validateInitContainerRestartPolicy) and init containers
     (app(restartPolicy="Always"), f"{C0}.restartPolicy", "Forbidden: may not be set for non-init containers"),
     (app(restartPolicy="Never", livenessProbe={}), f"{C0}.livenessProbe", NO_HANDLER),  # probes come first

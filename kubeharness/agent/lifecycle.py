@@ -52,7 +52,7 @@ from kubeharness.agent.events import (
     Recorder,
     container_field_path,
 )
-from kubeharness.agent.model import Container, ExecAction, HTTPGetAction, Pod, SleepAction
+from kubeharness.agent.model import Container, ExecAction, HTTPGetAction, Pod, SleepAction, TCPSocketAction
 from kubeharness.agent.prober.handlers.http import canonical_header, probe_headers, probe_url
 from kubeharness.agent.prober.handlers.targets import join_host_port, resolve_port
 from kubeharness.agent.prober.handlers.texts import dial_error, go_quote, rpc_error
@@ -69,7 +69,7 @@ _NO_TIMEOUTS = aiohttp.ClientTimeout(total=None, connect=None, sock_read=None, s
 # HTTPS client")
 _PLAIN_HTTP_ANSWER = ("WRONG_VERSION_NUMBER", "wrong version number", "record layer failure", "http request")
 
-Hook = ExecAction | HTTPGetAction | SleepAction
+Hook = ExecAction | HTTPGetAction | SleepAction | TCPSocketAction
 PodIPs = Callable[[], Awaitable[Sequence[str]]]
 
 
@@ -91,6 +91,13 @@ class _Failed(Exception):
 def format_pod(pod: Pod) -> str:
     """kubelet's ``format.Pod``: ``name_namespace(uid)``."""
     return f"{pod.name}_{pod.namespace}({pod.uid})"
+
+
+def go_handler(hook: TCPSocketAction) -> str:
+    """A tcpSocket LifecycleHandler as Go's generated String() prints it (kubelet puts it in its error)."""
+    port = f"{{1 0 {hook.port}}}" if isinstance(hook.port, str) else f"{{0 {hook.port} }}"
+    return (f"&LifecycleHandler{{Exec:nil,HTTPGet:nil,TCPSocket:&TCPSocketAction{{Port:{port},Host:{hook.host},}},"
+            "Sleep:nil,}")
 
 
 class HookRunner:
@@ -140,6 +147,8 @@ class HookRunner:
             return f"Exec lifecycle hook ([{' '.join(hook.command)}]) {where}, message: {go_quote(output)}"
         if isinstance(hook, HTTPGetAction):
             return f"HTTP lifecycle hook ({hook.path}) {where}"
+        if isinstance(hook, TCPSocketAction):
+            return f"Cannot run handler: {error}"
         return f"Sleep lifecycle hook ({hook.seconds}) {where}"
 
     async def _handler(self, pod: Pod, container: Container, container_id: str, hook: Hook, pod_ips: PodIPs,
@@ -148,6 +157,8 @@ class HookRunner:
             await self._exec(pod, container, container_id, hook)
         elif isinstance(hook, HTTPGetAction):
             await self._http(pod, container, hook, pod_ips)
+        elif isinstance(hook, TCPSocketAction):
+            raise _Failed(f"invalid handler: {go_handler(hook)}")  # kubelet's runner has no tcpSocket case
         else:
             await self.clock.sleep(hook.seconds)
 

@@ -98,10 +98,11 @@ class Probe:
 
 @dataclass(frozen=True)
 class Lifecycle:
-    """postStart and preStop hooks (exec, httpGet or sleep)."""
+    """postStart and preStop hooks (exec, httpGet or sleep; tcpSocket is accepted, as the API server accepts
+    it, and fails when run, as kubelet's hook runner fails it)."""
 
-    post_start: ExecAction | HTTPGetAction | SleepAction | None = None
-    pre_stop: ExecAction | HTTPGetAction | SleepAction | None = None
+    post_start: ExecAction | HTTPGetAction | SleepAction | TCPSocketAction | None = None
+    pre_stop: ExecAction | HTTPGetAction | SleepAction | TCPSocketAction | None = None
 
 
 # terminationMessagePolicy values

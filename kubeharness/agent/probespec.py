@@ -26,11 +26,11 @@ first problem found is the first one the API server would list, worded as it wor
   probes and lifecycle are forbidden on init containers that are not sidecars;
 - terminationMessagePolicy is ``File`` or ``FallbackToLogsOnError``.
 
-Two deliberate differences, each refused with a clear error instead of run differently from kubelet:
-``tcpSocket`` as a hook passes the API server's validation but kubelet's hook runner cannot run it
-(``Cannot run handler``, and a failed postStart kills the container), which the model has no way to say;
-and ``restartPolicyRules`` / an app container's ``restartPolicy`` (the ContainerRestartRules gate, beta
-since 1.35) are not implemented by the agent.
+``tcpSocket`` as a hook passes the API server's validation (it is kept for compatibility) and is read; kubelet's
+hook runner cannot run it (``Cannot run handler``), and neither can ours, so a tcpSocket postStart kills the
+container. One deliberate difference, refused with a clear error instead of run differently from kubelet:
+``restartPolicyRules`` / an app container's ``restartPolicy`` (the ContainerRestartRules gate, beta since
+1.35) are not implemented by the agent.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ TERMINATION_MESSAGE_POLICIES = (TERMINATION_MESSAGE_FILE, TERMINATION_MESSAGE_FA
 # validateHandler's order: the second handler found in this order is the one reported
 _HANDLER_ORDER = ("exec", "httpGet", "tcpSocket", "grpc", "sleep")
 _PROBE_HANDLERS = frozenset({"exec", "httpGet", "tcpSocket", "grpc"})
-_HOOK_HANDLERS = frozenset({"exec", "httpGet", "tcpSocket", "sleep"})  # tcpSocket: accepted upstream, see above
+_HOOK_HANDLERS = frozenset({"exec", "httpGet", "tcpSocket", "sleep"})  # tcpSocket: read, fails when run
 _HEADER_NAME = re.compile(r"[-A-Za-z0-9]+")
 _HEADER_PROBLEM = ("a valid HTTP header must consist of alphanumeric characters or '-' "
                    "(e.g. 'X-Header-Name', regex used for validation is '[-A-Za-z0-9]+')")
@@ -144,7 +144,7 @@ def lifecycle(raw: object, path: str, grace_seconds: int) -> Lifecycle:
         return Lifecycle()
     if not isinstance(raw, dict):
         raise Invalid(path, f"must be an object, got {raw!r}")
-    hooks: dict[str, ExecAction | HTTPGetAction | SleepAction | None] = {}
+    hooks: dict[str, ExecAction | HTTPGetAction | SleepAction | TCPSocketAction | None] = {}
     for key in ("postStart", "preStop"):
         hook = raw.get(key)
         if hook is None:
@@ -153,7 +153,7 @@ def lifecycle(raw: object, path: str, grace_seconds: int) -> Lifecycle:
         if not isinstance(hook, dict):
             raise Invalid(f"{path}.{key}", f"must be an object, got {hook!r}")
         action = _handler(hook, f"{path}.{key}", hook=True, grace_seconds=grace_seconds)
-        assert not isinstance(action, TCPSocketAction | GRPCAction)  # refused or not among the hook handlers
+        assert not isinstance(action, GRPCAction)  # not among the hook handlers
         hooks[key] = action
     return Lifecycle(post_start=hooks["postStart"], pre_stop=hooks["preStop"])
 
@@ -218,9 +218,6 @@ def _action(key: str, spec: Mapping[str, Any], where: str, *, hook: bool, grace_
                              headers=_headers(spec, where))
     if key == "tcpSocket":
         port = _port(spec.get("port"), f"{where}.port")
-        if hook:
-            raise forbidden(where, "tcpSocket is not supported as a lifecycle handler: the API server accepts it, "
-                            "but kubelet cannot run it and fails the hook ('Cannot run handler'); use exec or httpGet")
         return TCPSocketAction(port=port, host=typed(spec, "host", str, where, ""))
     if key == "grpc":
         number = typed_int(spec, "port", where, 0)
