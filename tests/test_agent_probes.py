@@ -224,3 +224,40 @@ async def test_an_unready_sidecar_keeps_the_pod_unready(node: Node) -> None:
     assert (conditions["ContainersReady"]["status"], conditions["ContainersReady"]["message"]) == (
         "False", "containers with unready status: [side]")
     assert conditions["Ready"]["status"] == "False" and conditions["Initialized"]["status"] == "True"
+
+
+# every probe kind with every handler: the container turns unhealthy (or never is) and the kind's effect shows
+HANDLERS: dict[str, tuple[list[str], dict[str, Any]]] = {
+    # handler -> (khelper flags that make it healthy until 10 s, then unhealthy; the probe's handler)
+    "exec": (["--unhealthy-after=10s"], exec_("khelper", "check", "healthy")),
+    "httpGet": (["--http-port=8080", "--unhealthy-after=10s"], {"httpGet": {"port": 8080}}),
+    "grpc": (["--grpc-port=9090", "--unhealthy-after=10s"], {"grpc": {"port": 9090}}),
+    "tcpSocket": ([], {"tcpSocket": {"port": 9000}}),  # nothing ever listens: unhealthy from the start
+}
+
+
+@pytest.mark.parametrize("handler", list(HANDLERS))
+@pytest.mark.parametrize("kind", ["livenessProbe", "readinessProbe", "startupProbe"])
+async def test_every_probe_kind_with_every_handler(node: Node, kind: str, handler: str) -> None:
+    flags, action = HANDLERS[handler]
+    app = helper("app", *flags)
+    app[kind] = probe(action, periodSeconds=2, failureThreshold=2)
+    if kind == "startupProbe":
+        app[kind]["initialDelaySeconds"] = 12  # first probed once unhealthy: it never starts
+    name = f"{kind[:4].lower()}-{handler.lower()}"
+    node.write(name, pod(name, app))
+    if kind == "readinessProbe":
+        if handler != "tcpSocket":
+            await node.until(lambda p: bool(container(p, name).get("ready")), limit_s=30)
+        await node.until(lambda p: "running" in container(p, name).get("state", {})
+                         and not container(p, name).get("ready"), limit_s=60)
+        await node.advance(20)
+        pods = await node.pods()
+        assert not container(pods, name)["ready"] and container(pods, name)["restartCount"] == 0
+    else:
+        pods = await node.until(lambda p: container(p, name).get("restartCount", 0) >= 1, limit_s=120)
+        what = "liveness" if kind == "livenessProbe" else "startup"
+        kills = {m for r, m in reasons(await events(node, name)) if r == "Killing"}
+        assert kills == {f"Container app failed {what} probe, will be restarted"}
+    failed = [m for r, m in reasons(await events(node, name)) if r == "Unhealthy"]
+    assert failed and all(m.startswith(f"{kind[:-5].capitalize()} probe failed: ") for m in failed), failed
