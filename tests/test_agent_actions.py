@@ -7,17 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from kubeharness.agent.actions import (
-    CRASH_LOOP_BACK_OFF,
-    PodActions,
-    any_app_container_created,
-    backoff_entry,
-    compute_pod_actions,
-    sandbox_changed,
-)
-from kubeharness.agent.backoff import Backoff
-from kubeharness.agent.model import ALWAYS, NEVER, ON_FAILURE, Container, ExecAction, Pod, PodSpec, Probe
-from kubeharness.agent.observed import (
+from kubeharness.agent.pleg.observed import (
     CREATED,
     EXITED,
     NOTREADY,
@@ -28,6 +18,16 @@ from kubeharness.agent.observed import (
     ObservedPod,
     ObservedSandbox,
 )
+from kubeharness.agent.pod.model import ALWAYS, NEVER, ON_FAILURE, Container, ExecAction, Pod, PodSpec, Probe
+from kubeharness.agent.runtime.actions import (
+    CRASH_LOOP_BACK_OFF,
+    PodActions,
+    any_app_container_created,
+    backoff_entry,
+    compute_pod_actions,
+    sandbox_changed,
+)
+from kubeharness.agent.runtime.backoff import Backoff
 from kubeharness.clock import NS_PER_SECOND
 
 S = NS_PER_SECOND

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kubeharness.agent.backoff import Backoff, go_duration
+from kubeharness.agent.runtime.backoff import Backoff, go_duration
 from kubeharness.clock import NS_PER_SECOND, VirtualClock
 
 S = NS_PER_SECOND

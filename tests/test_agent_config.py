@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from kubeharness.agent.config import AgentConfig, ConfigError, EvictionThreshold
-from kubeharness.agent.quantity import (
+from kubeharness.agent.config.kubelet import AgentConfig, ConfigError, EvictionThreshold
+from kubeharness.agent.pod.quantity import (
     format_quantity,
     parse_duration_ns,
     parse_duration_s,
@@ -254,7 +254,7 @@ def test_serialized_pulls_follow_max_parallel(tmp_path: Path) -> None:
 
 def test_unknown_fields_warn_and_kubelet_fields_are_ignored(tmp_path: Path,
                                                             caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="kubeharness.agent.config"):
+    with caplog.at_level(logging.WARNING, logger="kubeharness.agent.config.kubelet"):
         config = load(tmp_path, "maxPods: 5\nmaxPodz: 6\ncrashLoopBackOff: {initialPeriod: 1s}\n"
                                 "authentication: {anonymous: {enabled: true}}\nport: 10250\n")
     assert config.warnings == ("unknown field 'maxPodz'", "unknown field 'crashLoopBackOff.initialPeriod'")

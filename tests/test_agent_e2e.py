@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from kubeharness.agent.agent import Agent
-from kubeharness.agent.config import AgentConfig
+from kubeharness.agent.config.kubelet import AgentConfig
 from kubeharness.clock import VirtualClock
 from kubeharness.emulators.cri.config import CriConfig
 from kubeharness.emulators.cri.server import CriServer

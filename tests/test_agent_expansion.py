@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from kubeharness.agent.defaults import pod_from_object
-from kubeharness.agent.expansion import expand, expand_command
-from kubeharness.agent.kuberuntime import container_config
-from kubeharness.agent.model import EnvVar
+from kubeharness.agent.pod.defaults import pod_from_object
+from kubeharness.agent.pod.expansion import expand, expand_command
+from kubeharness.agent.pod.model import EnvVar
+from kubeharness.agent.runtime.kuberuntime import container_config
 
 MAPPING = {"VAR": "value", "EMPTY": "", "A": "x"}
 

@@ -16,9 +16,7 @@ import pytest
 from aiohttp import web
 
 from kubeharness.agent.events import Recorder
-from kubeharness.agent.lifecycle import USER_AGENT, HookFailure, HookRunner
-from kubeharness.agent.metrics import Registry
-from kubeharness.agent.model import (
+from kubeharness.agent.pod.model import (
     Container,
     ContainerPort,
     ExecAction,
@@ -28,7 +26,9 @@ from kubeharness.agent.model import (
     PodSpec,
     SleepAction,
 )
-from kubeharness.agent.runtime_client import RuntimeClient
+from kubeharness.agent.runtime.client import RuntimeClient
+from kubeharness.agent.runtime.lifecycle import USER_AGENT, HookFailure, HookRunner
+from kubeharness.agent.server.metrics import Registry
 from kubeharness.clock import VirtualClock
 from kubeharness.emulators.cri.config import CriConfig
 from kubeharness.faults import FaultEngine, load_plan

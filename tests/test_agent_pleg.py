@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from kubeharness.agent import labels
-from kubeharness.agent.model import Container, ContainerPort, Pod, PodSpec
-from kubeharness.agent.observed import EXITED, RUNNING, from_cri
-from kubeharness.agent.pleg import (
+from kubeharness.agent.pleg.observed import EXITED, RUNNING, from_cri
+from kubeharness.agent.pleg.pleg import (
     CONTAINER_CHANGED,
     CONTAINER_DIED,
     CONTAINER_REMOVED,
@@ -16,6 +14,8 @@ from kubeharness.agent.pleg import (
     PodLifecycleEvent,
     generate_events,
 )
+from kubeharness.agent.pod import labels
+from kubeharness.agent.pod.model import Container, ContainerPort, Pod, PodSpec
 from kubeharness.wire.cri import api_pb2 as api
 from tests.test_agent_actions import ctr, observed, sandbox
 

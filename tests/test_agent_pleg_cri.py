@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from kubeharness.agent import labels
-from kubeharness.agent.metrics import Registry
-from kubeharness.agent.pleg import CONTAINER_DIED, CONTAINER_REMOVED, CONTAINER_STARTED, Pleg
-from kubeharness.agent.runtime_client import RuntimeClient
+from kubeharness.agent.pleg.pleg import CONTAINER_DIED, CONTAINER_REMOVED, CONTAINER_STARTED, Pleg
+from kubeharness.agent.pod import labels
+from kubeharness.agent.runtime.client import RuntimeClient
+from kubeharness.agent.server.metrics import Registry
 from kubeharness.clock import NS_PER_SECOND, VirtualClock
 from kubeharness.emulators.cri.config import CriConfig
 from kubeharness.faults import FaultEngine, load_plan

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from kubeharness.agent.defaults import (
+from kubeharness.agent.pod.defaults import (
     CONFIG_HASH,
     CONFIG_SEEN,
     CONFIG_SOURCE,
@@ -22,7 +22,7 @@ from kubeharness.agent.defaults import (
     rfc3339_nano,
     with_seen,
 )
-from kubeharness.agent.model import ContainerPort, EnvVar, Pod
+from kubeharness.agent.pod.model import ContainerPort, EnvVar, Pod
 from kubeharness.clock import NS_PER_SECOND, VirtualClock
 
 NODE = "node-a"

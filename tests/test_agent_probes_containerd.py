@@ -32,8 +32,8 @@ import pytest
 import pytest_asyncio
 
 from kubeharness.agent.agent import Agent
-from kubeharness.agent.config import AgentConfig
-from kubeharness.agent.labels import POD_NAME, POD_NAMESPACE
+from kubeharness.agent.config.kubelet import AgentConfig
+from kubeharness.agent.pod.labels import POD_NAME, POD_NAMESPACE
 from kubeharness.clock import RealClock
 from kubeharness.wire.cri import api_pb2 as api
 from kubeharness.wire.cri import api_pb2_grpc as api_grpc
@@ -130,9 +130,19 @@ def sidecar_readiness() -> dict[str, Any]:
     return pod("car", helper("app"), init=[side], grace=5)
 
 
+def timeouts() -> dict[str, Any]:
+    app = helper("app", "--http-port=8080")
+    # containerd ends the exec after the probe's second and answers DEADLINE_EXCEEDED: a failure, never ready
+    app["readinessProbe"] = probe(exec_("khelper", "sleep", "5"), periodSeconds=2, timeoutSeconds=1)
+    # /hang never answers: the client's timeout fails the probe, twice in a row kills the container
+    app["livenessProbe"] = probe({"httpGet": {"path": "/hang", "port": 8080}}, periodSeconds=2, timeoutSeconds=1,
+                                 failureThreshold=2)
+    return pod("hang", app, grace=5)
+
+
 SCENARIOS: dict[str, Callable[[], dict[str, Any]]] = {
     "live": exec_liveness, "ready": http_readiness, "slow": tcp_startup, "grpc": grpc_liveness,
-    "never": startup_grace, "car": sidecar_readiness,
+    "never": startup_grace, "car": sidecar_readiness, "hang": timeouts,
 }
 
 
@@ -458,3 +468,30 @@ async def test_a_sidecar_is_probed_for_readiness_beside_the_app(node: RealNode) 
     assert {e["involvedObject"]["fieldPath"] for e in unhealthy} == {"spec.initContainers{side}"}
     assert not [e for e in evs if e["reason"] == "Killing"]
     node.measure("car", "deleted_after_s", await node.delete("car"))
+
+
+async def test_probes_that_time_out_fail(node: RealNode) -> None:
+    pods = await node.until(lambda p: container(p, "hang").get("restartCount", 0) >= 1, "restart of hang")
+    last = container(pods, "hang")["lastState"]["terminated"]
+    node.measure("hang", "killed_after_s", ran_s(last))
+    # two probes 2 s apart, each failing after its 1 s timeout: 3 s at the earliest
+    assert 2 + 1 - 1 <= ran_s(last) <= 5 * 3 + 30, last
+    assert not any(c.get("ready") for _, p in node.history if (c := container(p, "hang")))
+    evs = await node.events("hang")
+    ip = pods[f"hang-{NODE}"]["status"]["podIP"]
+    unhealthy = {e["message"]: e for e in evs if e["reason"] == "Unhealthy"}
+    timed_out = {'Readiness probe failed: command "khelper sleep 5" timed out',
+                 f'Liveness probe failed: Get "http://{ip}:8080/hang": context deadline exceeded '
+                 '(Client.Timeout exceeded while awaiting headers)'}
+    assert timed_out <= unhealthy.keys(), list(unhealthy)
+    # the readiness worker, as kubelet's, goes on until the status shows the kill: an exec under way as the
+    # container dies ends with 137 and no output, one that comes after finds no task or an exited container
+    # (an error: retried, then thrown away); never before the first kill
+    for message, event in unhealthy.items():
+        if message not in timed_out:
+            assert message == "Readiness probe failed: " or message.startswith(
+                "Readiness probe errored and resulted in unknown state: rpc error: "), message
+            assert when(event["firstTimestamp"]) >= when(last["finishedAt"]) - 1, (event, last)
+    assert {e["message"] for e in evs if e["reason"] == "Killing"} == {
+        "Container app failed liveness probe, will be restarted"}
+    node.measure("hang", "deleted_after_s", await node.delete("hang"))

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kubeharness.agent.defaults import ManifestError, pod_from_object, pods_from_manifest
-from kubeharness.agent.model import (
+from kubeharness.agent.pod.defaults import ManifestError, pod_from_object, pods_from_manifest
+from kubeharness.agent.pod.model import (
     Container,
     ExecAction,
     GRPCAction,
@@ -25,7 +25,7 @@ from kubeharness.agent.model import (
     SleepAction,
     TCPSocketAction,
 )
-from kubeharness.agent.sources import FileSource
+from kubeharness.agent.sources.static import FileSource
 from kubeharness.clock import VirtualClock
 from tests.test_agent_e2e import NODE as E2E_NODE
 from tests.test_agent_e2e import helper, phase, pod, start_node, stop_node

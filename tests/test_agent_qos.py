@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kubeharness.agent.model import Container, Pod, PodSpec, Resources
-from kubeharness.agent.qos import (
+from kubeharness.agent.pod.model import Container, Pod, PodSpec, Resources
+from kubeharness.agent.pod.qos import (
     BEST_EFFORT,
     BURSTABLE,
     GUARANTEED,

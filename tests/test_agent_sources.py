@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from kubeharness.agent.defaults import CONFIG_SEEN, CONFIG_SOURCE
-from kubeharness.agent.sources import FileSource, HttpSource, PodSource, SourceUpdate
+from kubeharness.agent.pod.defaults import CONFIG_SEEN, CONFIG_SOURCE
+from kubeharness.agent.sources.static import FileSource, HttpSource, PodSource, SourceUpdate
 from kubeharness.clock import VirtualClock
 from kubeharness.errors import InvalidArgument
 from tests.conftest import eventually

@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from kubeharness.agent.actions import BackingOff, PodActions
-from kubeharness.agent.model import NEVER, ON_FAILURE, Pod
-from kubeharness.agent.observed import CREATED, EXITED, UNKNOWN, ObservedPod
-from kubeharness.agent.status import pod_status, rfc3339, sort_pod_ips
+from kubeharness.agent.pleg.observed import CREATED, EXITED, UNKNOWN, ObservedPod
+from kubeharness.agent.pod.model import NEVER, ON_FAILURE, Pod
+from kubeharness.agent.runtime.actions import BackingOff, PodActions
+from kubeharness.agent.status.podstatus import pod_status, rfc3339, sort_pod_ips
 from kubeharness.clock import NS_PER_SECOND
 from tests.test_agent_actions import ctr, make_pod, observed, sandbox
 

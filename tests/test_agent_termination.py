@@ -17,8 +17,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kubeharness.agent import labels, termination
-from kubeharness.agent.model import TERMINATION_MESSAGE_FALLBACK, TERMINATION_MESSAGE_FILE, Container, Pod, PodSpec
+from kubeharness.agent.pod import labels
+from kubeharness.agent.pod.model import TERMINATION_MESSAGE_FALLBACK, TERMINATION_MESSAGE_FILE, Container, Pod, PodSpec
+from kubeharness.agent.runtime import termination
 from kubeharness.emulators.cri.logs import encode_line
 from kubeharness.wire.cri import api_pb2 as api
 from kubeharness.wire.cri import api_pb2_grpc as api_grpc

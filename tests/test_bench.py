@@ -140,7 +140,7 @@ def test_bench_csi_against_a_plugin_it_starts(capsys: pytest.CaptureFixture[str]
 
 
 def test_agent_bench_helpers_parse_what_the_agent_serves() -> None:
-    from kubeharness.agent.defaults import rfc3339_nano
+    from kubeharness.agent.pod.defaults import rfc3339_nano
     from kubeharness.bench.agentnode import is_running, parse_histogram, parse_rfc3339_ns, runtime_calls_in_flight
 
     for ns in (1_714_557_600_123_456_789, 1_714_557_600_000_000_000, 1_714_557_600_500_000_000):

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kubeharness.agent.model import Container, ContainerPort
+from kubeharness.agent.pod.model import Container, ContainerPort
 from kubeharness.agent.prober import handlers
 from kubeharness.agent.prober.handlers import probe_host, resolve_port
 from kubeharness.agent.prober.handlers.http import USER_AGENT, probe_headers

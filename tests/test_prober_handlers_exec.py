@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from kubeharness.agent.metrics import Registry
 from kubeharness.agent.prober.handlers import exec_command, grpc_health, http_get, tcp_socket
 from kubeharness.agent.prober.handlers.exec import MAX_OUTPUT_BYTES
 from kubeharness.agent.prober.outcome import Outcome, ProbeError, ProbeResult
-from kubeharness.agent.runtime_client import RuntimeClient
+from kubeharness.agent.runtime.client import RuntimeClient
+from kubeharness.agent.server.metrics import Registry
 from kubeharness.clock import VirtualClock
 from kubeharness.emulators.cri.config import CriConfig
 from kubeharness.faults import FaultEngine, load_plan

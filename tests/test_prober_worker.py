@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
-from kubeharness.agent.model import ExecAction, Probe
+from kubeharness.agent.pod.model import ExecAction, Probe
 from kubeharness.agent.prober.results import Result, Results, Update
 from kubeharness.agent.prober.worker import LIVENESS, READINESS, STARTUP, ContainerView, PodView, Worker
 from kubeharness.clock import NS_PER_SECOND, VirtualClock

@@ -27,8 +27,8 @@ import grpc
 import pytest
 
 from kubeharness import fsafe
-from kubeharness.agent.httpserver import Answer, HttpServer
-from kubeharness.agent.sources import FileSource
+from kubeharness.agent.server.httpserver import Answer, HttpServer
+from kubeharness.agent.sources.static import FileSource
 from kubeharness.clock import VirtualClock
 from kubeharness.emulators.cri.cniconf import CniConfigError, conf_list_from_bytes
 from kubeharness.emulators.cri.config import CriConfig

@@ -6,14 +6,14 @@ the runtime's GetContainerEvents stream, where it has one, makes the PLEG relist
 a tick every ``syncFrequency`` wakes every worker; housekeeping every 2 s removes what belongs to pods
 no longer desired, collects dead containers beyond one per name, and forgets stale backoff entries.
 
-Probes (:mod:`.prober`): the probe manager runs a worker per probe of every admitted pod; a liveness or
+Probes (``prober``): the probe manager runs a worker per probe of every admitted pod; a liveness or
 startup result that changes wakes the pod's worker (a failure kills the container), a readiness or startup
-change refreshes the pod's status at once. Events (probe failures, kills) are kept by :mod:`.events` and
+change refreshes the pod's status at once. Events (probe failures, kills) are kept by ``events`` and
 served on ``/events``; probe metrics on ``/metrics/probes``.
 
 A :class:`PodWorker` serializes its pod's work: it waits until the PLEG has relisted since its last sync
-(so it never acts twice on a stale view), computes the actions (:mod:`.actions`), records the status
-(:mod:`.status`), carries the actions out (:mod:`.kuberuntime`), and, while a container backs off, wakes
+(so it never acts twice on a stale view), computes the actions (``runtime.actions``), records the status
+(``status.podstatus``), carries the actions out (``runtime.kuberuntime``), and, while a container backs off, wakes
 itself when the backoff ends. A runtime that is away (UNAVAILABLE) makes the worker retry with a backoff
 of its own (0.5 s doubling to 10 s); the PLEG goes unhealthy after 3 minutes without a relist, and
 ``/healthz`` says so. Nothing is duplicated when the runtime returns: the worker looks again first.
@@ -31,26 +31,27 @@ from typing import Any
 import grpc
 
 from kubeharness import fsafe
-from kubeharness.agent import deadline, endpoints
-from kubeharness.agent.actions import PodActions, compute_pod_actions
-from kubeharness.agent.backoff import Backoff
-from kubeharness.agent.config import AgentConfig
+from kubeharness.agent import deadline
+from kubeharness.agent.config.kubelet import AgentConfig
 from kubeharness.agent.events import NORMAL, Recorder
-from kubeharness.agent.httpserver import HttpServer
-from kubeharness.agent.kuberuntime import PodRuntime
-from kubeharness.agent.metrics import Registry
-from kubeharness.agent.model import Pod
-from kubeharness.agent.observed import RUNNING
-from kubeharness.agent.pleg import Pleg
+from kubeharness.agent.pleg.observed import RUNNING
+from kubeharness.agent.pleg.pleg import Pleg
+from kubeharness.agent.pod.model import Pod
 from kubeharness.agent.prober.manager import ProbeManager
 from kubeharness.agent.prober.metrics import ProbeMetrics
 from kubeharness.agent.prober.prober import Prober
 from kubeharness.agent.prober.results import Results
 from kubeharness.agent.prober.view import pod_view
 from kubeharness.agent.prober.worker import LIVENESS, READINESS, STARTUP, PodView
-from kubeharness.agent.runtime_client import RuntimeClient
-from kubeharness.agent.sources import FileSource, HttpSource, PodSource, SourceUpdate
-from kubeharness.agent.status import RUNNING_PHASE, pod_status
+from kubeharness.agent.runtime.actions import PodActions, compute_pod_actions
+from kubeharness.agent.runtime.backoff import Backoff
+from kubeharness.agent.runtime.client import RuntimeClient
+from kubeharness.agent.runtime.kuberuntime import PodRuntime
+from kubeharness.agent.server import endpoints
+from kubeharness.agent.server.httpserver import HttpServer
+from kubeharness.agent.server.metrics import Registry
+from kubeharness.agent.sources.static import FileSource, HttpSource, PodSource, SourceUpdate
+from kubeharness.agent.status.podstatus import RUNNING_PHASE, pod_status
 from kubeharness.clock import Clock, seconds_to_ns
 from kubeharness.errors import FailedPrecondition
 from kubeharness.wire.cri import api_pb2 as api

@@ -9,7 +9,7 @@ wakes the pod's worker when the deadline falls due.
 
 from __future__ import annotations
 
-from kubeharness.agent.model import Pod
+from kubeharness.agent.pod.model import Pod
 from kubeharness.clock import seconds_to_ns
 
 REASON = "DeadlineExceeded"

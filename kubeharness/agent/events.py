@@ -14,7 +14,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubeharness.agent.status import rfc3339
+from kubeharness.agent.status.podstatus import rfc3339
 from kubeharness.clock import Clock
 
 MAX_EVENTS = 1000

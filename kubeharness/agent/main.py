@@ -7,7 +7,7 @@ import asyncio
 import logging
 
 from kubeharness.agent.agent import Agent
-from kubeharness.agent.config import AgentConfig
+from kubeharness.agent.config.kubelet import AgentConfig
 from kubeharness.clock import RealClock
 from kubeharness.grpcserve import wait_for_stop_signal
 

@@ -18,7 +18,7 @@ import functools
 import random
 from collections.abc import Callable
 
-from kubeharness.agent.model import ALWAYS, Container, Pod
+from kubeharness.agent.pod.model import ALWAYS, Container, Pod
 from kubeharness.agent.prober.metrics import ProbeMetrics
 from kubeharness.agent.prober.prober import Prober, probe_of
 from kubeharness.agent.prober.results import Result, Results
@@ -109,7 +109,7 @@ class ProbeManager:
 
     def result_of(self, kind: str, container_id: str) -> str | None:
         """The cached result of a probe kind for a container ("success", "failure", "unknown"), or None:
-        what the pod worker's actions read (:data:`kubeharness.agent.actions.ProbeResultOf`)."""
+        what the pod worker's actions read (:data:`kubeharness.agent.runtime.actions.ProbeResultOf`)."""
         result = self.results(kind).get(container_id)
         return result.value if result is not None else None
 

@@ -7,7 +7,7 @@ namespace). A worker's series go when the worker ends, as kubelet deletes them.
 
 from __future__ import annotations
 
-from kubeharness.agent.metrics import Counter, Histogram
+from kubeharness.agent.server.metrics import Counter, Histogram
 
 SUCCESSFUL, FAILED, UNKNOWN = "successful", "failed", "unknown"
 

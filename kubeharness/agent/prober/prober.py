@@ -11,15 +11,15 @@ from __future__ import annotations
 import time
 
 from kubeharness.agent.events import PROBE_WARNING, UNHEALTHY, WARNING, Recorder, container_field_path
-from kubeharness.agent.expansion import expand_command
-from kubeharness.agent.model import Container, ExecAction, GRPCAction, HTTPGetAction, Pod, Probe, TCPSocketAction
+from kubeharness.agent.pod.expansion import expand_command
+from kubeharness.agent.pod.model import Container, ExecAction, GRPCAction, HTTPGetAction, Pod, Probe, TCPSocketAction
 from kubeharness.agent.prober import metrics as probe_metrics
 from kubeharness.agent.prober.handlers import exec_command, grpc_health, http_get, probe_host, resolve_port, tcp_socket
 from kubeharness.agent.prober.metrics import ProbeMetrics
 from kubeharness.agent.prober.outcome import Outcome, ProbeError, ProbeResult
 from kubeharness.agent.prober.results import Result
 from kubeharness.agent.prober.worker import LIVENESS, READINESS, STARTUP
-from kubeharness.agent.runtime_client import RuntimeClient
+from kubeharness.agent.runtime.client import RuntimeClient
 from kubeharness.clock import Clock
 
 MAX_PROBE_RETRIES = 3

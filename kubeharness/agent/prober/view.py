@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from kubeharness.agent.model import NEVER, Pod
-from kubeharness.agent.observed import ObservedPod
+from kubeharness.agent.pleg.observed import ObservedPod
+from kubeharness.agent.pod.model import NEVER, Pod
 from kubeharness.agent.prober.worker import ContainerView, PodView
-from kubeharness.agent.status import FAILED, SUCCEEDED
+from kubeharness.agent.status.podstatus import FAILED, SUCCEEDED
 
 
 def pod_view(pod: Pod, status: Mapping[str, Any], observed: ObservedPod | None, name: str, *,

@@ -24,7 +24,7 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from kubeharness.agent.model import Probe
+from kubeharness.agent.pod.model import Probe
 from kubeharness.agent.prober.results import Result, Results
 from kubeharness.clock import Clock, seconds_to_ns
 

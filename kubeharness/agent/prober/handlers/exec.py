@@ -22,7 +22,7 @@ import grpc
 from kubeharness.agent.prober.handlers.texts import go_quote, rpc_error
 from kubeharness.agent.prober.outcome import Outcome, ProbeError, ProbeResult
 from kubeharness.agent.prober.timeout import ProbeTimeout, within
-from kubeharness.agent.runtime_client import RuntimeClient
+from kubeharness.agent.runtime.client import RuntimeClient
 from kubeharness.clock import Clock
 
 MAX_OUTPUT_BYTES = 10 * 1024  # kubelet's maxReadLength

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from kubeharness.agent.model import Container
+from kubeharness.agent.pod.model import Container
 from kubeharness.agent.prober.handlers.texts import go_quote
 from kubeharness.agent.prober.outcome import ProbeError
 

@@ -8,11 +8,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from kubeharness.agent.events import Recorder
-from kubeharness.agent.httpserver import Answer
-from kubeharness.agent.metrics import Registry
-from kubeharness.agent.model import Pod
-from kubeharness.agent.pleg import Pleg
+from kubeharness.agent.pleg.pleg import Pleg
+from kubeharness.agent.pod.model import Pod
 from kubeharness.agent.prober.metrics import ProbeMetrics
+from kubeharness.agent.server.httpserver import Answer
+from kubeharness.agent.server.metrics import Registry
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 PLEG_UNHEALTHY = (b"[-]pleg failed: PLEG is not healthy: the runtime has not answered a relist within 3m0s\n"

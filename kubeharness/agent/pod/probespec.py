@@ -1,8 +1,8 @@
 """Probes, lifecycle hooks, the termination message policy and the sidecar ``restartPolicy`` of a container,
 validated as the API server validates them, into the model's types.
 
-:func:`container_fields` is called by :mod:`.validation` for every container of a pod that
-:mod:`.defaults` has already defaulted (probe timeouts, periods and thresholds, httpGet path and scheme,
+:func:`container_fields` is called by ``pod.validation`` for every container of a pod that
+``pod.defaults`` has already defaulted (probe timeouts, periods and thresholds, httpGet path and scheme,
 grpc service, terminationMessagePolicy). The rules are those of ``pkg/apis/core/validation/validation.go``
 (``validateContainers``, ``validateInitContainers``, ``validateProbe`` and its liveness/readiness/startup
 variants, ``validateHandler``, ``validateLifecycle`` and the per-handler checks), in the same order, so the
@@ -40,8 +40,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubeharness.agent.apifields import Invalid, forbidden, invalid, not_supported, required, typed, typed_int
-from kubeharness.agent.model import (
+from kubeharness.agent.pod.apifields import Invalid, forbidden, invalid, not_supported, required, typed, typed_int
+from kubeharness.agent.pod.model import (
     TERMINATION_MESSAGE_FALLBACK,
     TERMINATION_MESSAGE_FILE,
     ExecAction,

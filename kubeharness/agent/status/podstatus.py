@@ -1,8 +1,8 @@
 """The v1 PodStatus the agent reports for a pod, as kubelet's generateAPIPodStatus builds it.
 
-:func:`pod_status` is pure: from the desired pod, what the runtime shows (:mod:`.observed`), the reasons
+:func:`pod_status` is pure: from the desired pod, what the runtime shows (``pleg.observed``), the reasons
 recorded for containers that failed to start (kubelet's reason cache: ErrImagePull, CreateContainerError...,
-plus the CrashLoopBackOff entries of :class:`~kubeharness.agent.actions.PodActions`) and the previous status,
+plus the CrashLoopBackOff entries of :class:`~kubeharness.agent.runtime.actions.PodActions`) and the previous status,
 it returns the status as a JSON-ready dict. Rules from ``kubelet_pods.go`` (``convertToAPIContainerStatuses``,
 ``getPhase``), ``status/generate.go`` and the status manager:
 
@@ -34,11 +34,12 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from kubeharness.agent import model, termination
-from kubeharness.agent.actions import PodActions, sandbox_changed, should_restart
-from kubeharness.agent.model import Container, Pod
-from kubeharness.agent.observed import EXITED, RUNNING, UNKNOWN, ObservedContainer, ObservedPod
-from kubeharness.agent.qos import pod_qos
+from kubeharness.agent.pleg.observed import EXITED, RUNNING, UNKNOWN, ObservedContainer, ObservedPod
+from kubeharness.agent.pod import model
+from kubeharness.agent.pod.model import Container, Pod
+from kubeharness.agent.pod.qos import pod_qos
+from kubeharness.agent.runtime import termination
+from kubeharness.agent.runtime.actions import PodActions, sandbox_changed, should_restart
 
 PENDING, RUNNING_PHASE, SUCCEEDED, FAILED = "Pending", "Running", "Succeeded", "Failed"
 CONTAINER_CREATING, POD_INITIALIZING = "ContainerCreating", "PodInitializing"

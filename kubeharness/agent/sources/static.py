@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from kubeharness.agent.defaults import FILE_SOURCE, HTTP_SOURCE, ManifestError, pods_from_manifest, with_seen
-from kubeharness.agent.model import Pod
+from kubeharness.agent.pod.defaults import FILE_SOURCE, HTTP_SOURCE, ManifestError, pods_from_manifest, with_seen
+from kubeharness.agent.pod.model import Pod
 from kubeharness.clock import Clock, seconds_to_ns
 from kubeharness.errors import InvalidArgument
 

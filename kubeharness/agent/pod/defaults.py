@@ -1,4 +1,4 @@
-"""Pod manifests into :class:`~kubeharness.agent.model.Pod` records, validated and defaulted as kubelet does.
+"""Pod manifests into :class:`~kubeharness.agent.pod.model.Pod` records, validated and defaulted as kubelet does.
 
 Kubelet decodes a static pod with the API's defaulting (``pkg/apis/core/v1/defaults.go``), then gives it
 the static-pod treatment of ``pkg/kubelet/config/common.go`` and validates it. We do the same for the
@@ -21,7 +21,7 @@ fields the agent uses, in this order:
    are set, file pods get a toleration of every NoExecute taint, and status.phase is Pending.
    ``kubernetes.io/config.seen`` is the time the pod was first seen: :func:`with_seen` stamps it (the
    sources keep it per UID; a ``clock`` argument stamps "now").
-3. Validation of what kubelet validates for these fields, into the typed model (:mod:`.validation`,
+3. Validation of what kubelet validates for these fields, into the typed model (``pod.validation``,
    which also gives each container its ``spec_hash``); the first problem raises :class:`ManifestError`
    naming the origin (file or URL) and the field path.
 
@@ -40,9 +40,9 @@ from typing import Any
 
 import yaml
 
-from kubeharness.agent.model import ALWAYS, PULL_ALWAYS, PULL_IF_NOT_PRESENT, Pod
-from kubeharness.agent.probespec import PROBE_KINDS
-from kubeharness.agent.validation import Invalid, canonical, container_hash, to_pod
+from kubeharness.agent.pod.model import ALWAYS, PULL_ALWAYS, PULL_IF_NOT_PRESENT, Pod
+from kubeharness.agent.pod.probespec import PROBE_KINDS
+from kubeharness.agent.pod.validation import Invalid, canonical, container_hash, to_pod
 from kubeharness.clock import NS_PER_SECOND, Clock
 from kubeharness.errors import InvalidArgument
 

@@ -4,10 +4,10 @@ Kubelet's ``kubecontainer.PodStatus``, reduced to what the agent uses and made o
 built from what CRI answers (:func:`from_cri`): ``ListPodSandbox`` and ``ListContainers`` items, plus the
 ``ContainerStatus`` and ``PodSandboxStatus`` replies where the caller fetched them (the list items lack
 exit codes, start and finish times, IPs). Sandboxes are grouped by their metadata uid and containers by
-the pod uid label (:mod:`.labels`), as kubelet does; both are kept newest first, so the first container of
+the pod uid label (``pod.labels``), as kubelet does; both are kept newest first, so the first container of
 a name is its current instance and the second its previous one.
 
-Read by :mod:`.pleg` (which builds them), :mod:`.actions` and :mod:`.status`.
+Read by ``pleg.pleg`` (which builds them), ``runtime.actions`` and ``status.podstatus``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
-from kubeharness.agent import labels
+from kubeharness.agent.pod import labels
 from kubeharness.wire.cri import api_pb2 as api
 
 # sandbox states

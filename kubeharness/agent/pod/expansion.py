@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from kubeharness.agent.model import EnvVar
+from kubeharness.agent.pod.model import EnvVar
 
 
 def expand(text: str, mapping: Mapping[str, str]) -> str:

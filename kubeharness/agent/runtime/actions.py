@@ -1,10 +1,10 @@
 """What the sync loop must do to bring a pod's runtime state to its spec: kubelet's computePodActions.
 
-:func:`compute_pod_actions` is pure: it reads the desired :class:`~kubeharness.agent.model.Pod`, the
-:class:`~kubeharness.agent.observed.ObservedPod` and the crash-loop :class:`~kubeharness.agent.backoff.Backoff`
-(without changing it) and returns a :class:`PodActions`. The rules are those of ``kuberuntime_manager.go``
-(and ``kuberuntime/util``, ``kuberuntime_container.go``, ``container/helpers.go``), without ephemeral
-containers or in-place resize:
+:func:`compute_pod_actions` is pure: it reads the desired :class:`~kubeharness.agent.pod.model.Pod`, the
+:class:`~kubeharness.agent.pleg.observed.ObservedPod` and the crash-loop
+:class:`~kubeharness.agent.runtime.backoff.Backoff` (without changing it) and returns a :class:`PodActions`.
+The rules are those of ``kuberuntime_manager.go`` (and ``kuberuntime/util``, ``kuberuntime_container.go``,
+``container/helpers.go``), without ephemeral containers or in-place resize:
 
 1. Sandbox: a new one is needed when there is none, when several are ready, when the newest is not ready,
    when its network namespace mode does not match hostNetwork, or when a non-host-network sandbox has no
@@ -13,7 +13,7 @@ containers or in-place resize:
    killed, and a pod with nothing left to start (OnFailure and all succeeded, after initialization) too.
 2. Init containers (kubelet's computeInitContainerActions, read from the last one backwards): ordinary ones
    run one at a time, in order, to completion; a failed one (non-zero exit, OOMKilled or unknown state) is
-   started again unless restartPolicy is Never, in which case the pod is killed (and :mod:`.status`
+   started again unless restartPolicy is Never, in which case the pod is killed (and ``status.podstatus``
    reports it Failed). A sidecar (``restartPolicy: Always`` on an init container) counts as done once it
    runs and its startup probe, if any, succeeded; then the next init container starts while it keeps
    running; it is restarted whenever it exits (whatever the pod's policy), fails its startup or liveness
@@ -35,10 +35,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from kubeharness.agent import model
-from kubeharness.agent.backoff import Backoff, BackoffKey, backoff_key, go_duration
-from kubeharness.agent.model import Container, Pod
-from kubeharness.agent.observed import CREATED, EXITED, RUNNING, UNKNOWN, ObservedContainer, ObservedPod
+from kubeharness.agent.pleg.observed import CREATED, EXITED, RUNNING, UNKNOWN, ObservedContainer, ObservedPod
+from kubeharness.agent.pod import model
+from kubeharness.agent.pod.model import Container, Pod
+from kubeharness.agent.runtime.backoff import Backoff, BackoffKey, backoff_key, go_duration
 
 CRASH_LOOP_BACK_OFF = "CrashLoopBackOff"
 OOM_KILLED = "OOMKilled"

@@ -6,7 +6,7 @@ and a real kubelet. Fields the agent uses become typed attributes with units in 
 seconds, CPU in millicores, memory in bytes). Fields kubelet knows but the agent does not implement are
 listed in ``ignored``; fields kubelet does not know either are logged and listed in ``warnings`` (kubelet
 too decodes leniently and warns). A value of the wrong type or out of range raises :class:`ConfigError`
-naming the field (the parsers of single fields are in :mod:`.configfields`). Node name and root
+naming the field (the parsers of single fields are in ``config.fields``). Node name and root
 directory are flags in kubelet, so they come from the CLI.
 
 Choices where kubelet leaves room or hard-codes things, all kubelet's own behaviour unless said otherwise:
@@ -37,8 +37,8 @@ from typing import Any
 
 import yaml
 
-from kubeharness.agent import configfields as fields
-from kubeharness.agent.quantity import parse_quantity, parse_resource
+from kubeharness.agent.config import fields
+from kubeharness.agent.pod.quantity import parse_quantity, parse_resource
 from kubeharness.errors import InvalidArgument
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ and, around it, ``startContainer`` / ``executePreStopHook`` in ``kuberuntime_con
   "<name>_<namespace>(<uid>)" failed - error: <error>, message: "<stdout+stderr>"``.
 - ``httpGet``: the request kubelet's prober builds (``NewRequestForHTTPGetAction``: scheme, host or else the
   pod's first IP as the runtime reports it, the port by number or container port name, path, headers,
-  ``Accept: */*``) with the agent named ``kube-lifecycle/1.36``, reusing :mod:`.prober.handlers`' URL, port
+  ``Accept: */*``) with the agent named ``kube-lifecycle/1.36``, reusing ``prober.handlers``' URL, port
   and header rules. Sent as Go's default client sends it: redirects followed to any host (at most 10),
   certificates verified, no timeout, and any status counts as success (only a transport error fails). An
   HTTPS request answered in plain HTTP is retried over HTTP, and a success then records kubelet's Warning
@@ -52,12 +52,12 @@ from kubeharness.agent.events import (
     Recorder,
     container_field_path,
 )
-from kubeharness.agent.model import Container, ExecAction, HTTPGetAction, Pod, SleepAction, TCPSocketAction
+from kubeharness.agent.pod.model import Container, ExecAction, HTTPGetAction, Pod, SleepAction, TCPSocketAction
 from kubeharness.agent.prober.handlers.http import canonical_header, probe_headers, probe_url
 from kubeharness.agent.prober.handlers.targets import join_host_port, resolve_port
 from kubeharness.agent.prober.handlers.texts import dial_error, go_quote, rpc_error
 from kubeharness.agent.prober.outcome import ProbeError
-from kubeharness.agent.runtime_client import RuntimeClient
+from kubeharness.agent.runtime.client import RuntimeClient
 from kubeharness.clock import NS_PER_SECOND, Clock
 
 USER_AGENT = "kube-lifecycle/1.36"

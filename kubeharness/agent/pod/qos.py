@@ -19,12 +19,12 @@ All pure functions of the pod (and of node facts passed in), with kubelet's rule
   the app containers' sum and any one init container), which kubelet puts in
   ``LinuxPodSandboxConfig.resources``. Pod overhead (from a RuntimeClass) is not modelled.
 
-Quantities come from :class:`~kubeharness.agent.model.Resources`: CPU in millicores, memory in bytes.
+Quantities come from :class:`~kubeharness.agent.pod.model.Resources`: CPU in millicores, memory in bytes.
 """
 
 from __future__ import annotations
 
-from kubeharness.agent.model import Container, Pod
+from kubeharness.agent.pod.model import Container, Pod
 from kubeharness.wire.cri import api_pb2 as api
 
 GUARANTEED, BURSTABLE, BEST_EFFORT = "Guaranteed", "Burstable", "BestEffort"

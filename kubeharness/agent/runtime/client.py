@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import grpc
 
-from kubeharness.agent.metrics import Registry
+from kubeharness.agent.server.metrics import Registry
 from kubeharness.wire.cri import api_pb2 as api
 from kubeharness.wire.cri import api_pb2_grpc as api_grpc
 

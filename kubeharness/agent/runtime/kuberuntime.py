@@ -1,6 +1,6 @@
 """Carrying out a pod's actions through CRI: kubelet's kuberuntime ``SyncPod`` and ``KillPod``.
 
-:class:`PodRuntime` turns a :class:`~kubeharness.agent.actions.PodActions` into CRI calls, in kubelet's
+:class:`PodRuntime` turns a :class:`~kubeharness.agent.runtime.actions.PodActions` into CRI calls, in kubelet's
 order: kill what must go (the whole pod, or single containers), create the sandbox (with the pod's cgroup
 parent for its QoS class, DNS config, log directory, namespaces, port mappings, kubelet's labels and
 annotations), pull images per policy, then create and start the next init container or the app
@@ -9,10 +9,10 @@ RunContainerError, PostStartHookError) is kept in :attr:`PodRuntime.reasons`, ku
 status. A runtime that is away makes calls fail with UNAVAILABLE; the error propagates to the pod worker,
 which retries on its next sync.
 
-Lifecycle (kubelet's ``startContainer`` and ``killContainer``; the handlers are :mod:`.lifecycle`'s):
+Lifecycle (kubelet's ``startContainer`` and ``killContainer``; the handlers are ``runtime.lifecycle``'s):
 
 - Every container with a ``terminationMessagePath`` gets its termination message file mounted
-  (:func:`~kubeharness.agent.termination.message_mount`).
+  (:func:`~kubeharness.agent.runtime.termination.message_mount`).
 - postStart runs right after StartContainer and the pod worker waits for it; meanwhile
   :meth:`PodRuntime.without_post_starting` hides the container from the status (kubelet's status was made
   before the start and is not remade until the sync returns). A failed hook: the container is killed
@@ -34,17 +34,18 @@ from dataclasses import dataclass, field, replace
 
 import grpc
 
-from kubeharness.agent import labels, qos, termination
-from kubeharness.agent.actions import PodActions, backoff_entry
-from kubeharness.agent.backoff import Backoff
-from kubeharness.agent.config import AgentConfig
+from kubeharness.agent.config.kubelet import AgentConfig
 from kubeharness.agent.events import KILLING, NORMAL, Recorder, container_field_path
-from kubeharness.agent.expansion import expand_command
-from kubeharness.agent.lifecycle import HookRunner
-from kubeharness.agent.metrics import Registry
-from kubeharness.agent.model import PULL_ALWAYS, PULL_NEVER, Container, Pod
-from kubeharness.agent.observed import EXITED, RUNNING, ObservedPod
-from kubeharness.agent.runtime_client import RuntimeClient, unless_gone
+from kubeharness.agent.pleg.observed import EXITED, RUNNING, ObservedPod
+from kubeharness.agent.pod import labels, qos
+from kubeharness.agent.pod.expansion import expand_command
+from kubeharness.agent.pod.model import PULL_ALWAYS, PULL_NEVER, Container, Pod
+from kubeharness.agent.runtime import termination
+from kubeharness.agent.runtime.actions import PodActions, backoff_entry
+from kubeharness.agent.runtime.backoff import Backoff
+from kubeharness.agent.runtime.client import RuntimeClient, unless_gone
+from kubeharness.agent.runtime.lifecycle import HookRunner
+from kubeharness.agent.server.metrics import Registry
 from kubeharness.clock import Clock
 from kubeharness.wire.cri import api_pb2 as api
 

@@ -39,8 +39,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kubeharness.agent import labels
-from kubeharness.agent.model import TERMINATION_MESSAGE_FALLBACK, Container
+from kubeharness.agent.pod import labels
+from kubeharness.agent.pod.model import TERMINATION_MESSAGE_FALLBACK, Container
 from kubeharness.wire.cri import api_pb2 as api
 
 MAX_MESSAGE_BYTES = 4 * 1024  # kubelet's MaxContainerTerminationMessageLength

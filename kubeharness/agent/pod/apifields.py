@@ -1,7 +1,7 @@
 """Reading the fields of a decoded pod object: :class:`Invalid`, a typed reader, and the API server's wording.
 
-:mod:`.validation` and :mod:`.probespec` both read raw (decoded, defaulted) objects and raise
-:class:`Invalid` with the field path; :mod:`.defaults` wraps it into a ``ManifestError`` naming the origin.
+``pod.validation`` and ``pod.probespec`` both read raw (decoded, defaulted) objects and raise
+:class:`Invalid` with the field path; ``pod.defaults`` wraps it into a ``ManifestError`` naming the origin.
 The wording helpers give the problem text of the API's field error types
 (``k8s.io/apimachinery/pkg/util/validation/field``), so a message reads as the API server's would:
 ``spec.containers[0].livenessProbe.successThreshold: Invalid value: 2: must be 1``. Values are printed as

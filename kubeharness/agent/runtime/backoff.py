@@ -12,7 +12,7 @@ The rules of ``client-go/util/flowcontrol/backoff.go`` as kubelet uses them (``d
   again and starts over at ``initial``. :meth:`Backoff.gc` drops entries idle for ``reset``; kubelet runs it
   in housekeeping.
 
-The sync loop asks :meth:`Backoff.in_backoff` (via :mod:`.actions`) before starting a container that has
+The sync loop asks :meth:`Backoff.in_backoff` (via ``runtime.actions``) before starting a container that has
 an exited instance, and calls :meth:`Backoff.next` when it does start it.
 """
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kubeharness.agent.model import Container, Pod
+from kubeharness.agent.pod.model import Container, Pod
 from kubeharness.clock import seconds_to_ns
 
 BackoffKey = tuple[str, str, str]  # (pod uid, container name, container spec hash)

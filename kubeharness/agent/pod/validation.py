@@ -1,11 +1,11 @@
-"""Validation of a defaulted pod object into the typed :class:`~kubeharness.agent.model.Pod`.
+"""Validation of a defaulted pod object into the typed :class:`~kubeharness.agent.pod.model.Pod`.
 
-:func:`~kubeharness.agent.defaults.pod_from_object` defaults a manifest and gives it the static-pod
+:func:`~kubeharness.agent.pod.defaults.pod_from_object` defaults a manifest and gives it the static-pod
 treatment, then calls :func:`to_pod` here, which checks what kubelet validates for the fields the agent
-uses and builds the model. A problem raises :class:`Invalid` (:mod:`.apifields`) with the field path;
+uses and builds the model. A problem raises :class:`Invalid` (``pod.apifields``) with the field path;
 ``defaults`` adds the origin (file or URL) and raises a ``ManifestError``. ``defaults`` uses :class:`Invalid`
 and :func:`canonical` for its own steps too. Probes, lifecycle hooks, terminationMessagePolicy and the
-sidecar restartPolicy are read by :mod:`.probespec`, with the API server's rules and wording.
+sidecar restartPolicy are read by ``pod.probespec``, with the API server's rules and wording.
 
 Each container gets ``spec_hash`` (:func:`container_hash`): the first 16 hex digits of the sha256 of its
 defaulted spec as canonical JSON, so any change of any of its fields (image, command, env, resources,
@@ -22,9 +22,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from kubeharness.agent.apifields import Invalid
-from kubeharness.agent.apifields import typed as _typed
-from kubeharness.agent.model import (
+from kubeharness.agent.pod.apifields import Invalid
+from kubeharness.agent.pod.apifields import typed as _typed
+from kubeharness.agent.pod.model import (
     ALWAYS,
     NEVER,
     ON_FAILURE,
@@ -38,8 +38,8 @@ from kubeharness.agent.model import (
     PodSpec,
     Resources,
 )
-from kubeharness.agent.probespec import container_fields
-from kubeharness.agent.quantity import parse_resource
+from kubeharness.agent.pod.probespec import container_fields
+from kubeharness.agent.pod.quantity import parse_resource
 from kubeharness.errors import InvalidArgument
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

@@ -1,6 +1,6 @@
 """Parsers of single ``KubeletConfiguration`` fields, and the names of the fields the agent leaves alone.
 
-:class:`~kubeharness.agent.config.AgentConfig` maps each field it uses to an attribute and one of these
+:class:`~kubeharness.agent.config.kubelet.AgentConfig` maps each field it uses to an attribute and one of these
 parsers (its ``_FIELDS`` table). A parser takes the decoded value and the field's name and returns the
 attribute's value, or None for "use the default" (kubelet treats a zero duration or ``maxPods: 0`` so);
 a value of the wrong type or out of range raises :class:`~kubeharness.errors.InvalidArgument` naming the
@@ -14,7 +14,7 @@ import ipaddress
 from collections.abc import Callable
 from typing import Any
 
-from kubeharness.agent.quantity import parse_duration_ns, parse_resource
+from kubeharness.agent.pod.quantity import parse_duration_ns, parse_resource
 from kubeharness.errors import InvalidArgument
 
 RESERVABLE = frozenset({"cpu", "memory", "ephemeral-storage", "pid"})  # plus hugepages-<size>

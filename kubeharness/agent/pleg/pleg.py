@@ -12,7 +12,7 @@ Kubelet's generic PLEG (``pkg/kubelet/pleg/generic.go``), in two parts:
   cache the pod workers read (:meth:`Pleg.get`); then put the events on :attr:`Pleg.events` (ContainerChanged
   is left out, as kubelet does; a full queue drops events and counts them). A pod whose statuses cannot
   be read keeps its old record and is inspected again at the next relist. An exited container's message is
-  the one kubelet reports (:func:`~kubeharness.agent.termination.status_message`: its termination message
+  the one kubelet reports (:func:`~kubeharness.agent.runtime.termination.status_message`: its termination message
   file, or its log's tail under FallbackToLogsOnError, after the runtime's own message). :meth:`Pleg.run`
   relists every period (1 s), sooner when :meth:`Pleg.trigger` is called, e.g. by :meth:`Pleg.follow_events`
   for each message of the runtime's GetContainerEvents stream.
@@ -32,9 +32,9 @@ from typing import Protocol
 
 import grpc
 
-from kubeharness.agent import observed as obs
-from kubeharness.agent import termination
-from kubeharness.agent.runtime_client import unless_gone
+from kubeharness.agent.pleg import observed as obs
+from kubeharness.agent.runtime import termination
+from kubeharness.agent.runtime.client import unless_gone
 from kubeharness.clock import NS_PER_SECOND, Clock, seconds_to_ns
 from kubeharness.wire.cri import api_pb2 as api
 

@@ -1,7 +1,7 @@
 """The pods the agent runs, as typed records of the fields it uses, read from Kubernetes pod objects.
 
 A manifest is a ``v1`` Pod (or a ``PodList``/``List`` of them) in YAML or JSON. :func:`pod_from_object`
-validates and defaults it as kubelet does for what kubelet uses (see :mod:`.defaults`), and keeps the
+validates and defaults it as kubelet does for what kubelet uses (see ``pod.defaults``), and keeps the
 object itself (``Pod.raw``) so the read-only ``/pods`` endpoint can serve it back with its status.
 Everything here is plain data; nothing talks to the runtime.
 """

@@ -3,11 +3,11 @@
 Kubelet keeps no database of what it created: it finds its pods again by listing the runtime and reading
 the labels it set (pod name, namespace, uid, container name) and the annotations it set (the container's
 spec hash, its restart count, the pod's grace period, the ports...). This module builds those maps from a
-:class:`~kubeharness.agent.model.Pod` and turns them back into typed records. The keys are kubelet's
+:class:`~kubeharness.agent.pod.model.Pod` and turns them back into typed records. The keys are kubelet's
 (``pkg/kubelet/kuberuntime/labels.go`` and ``pkg/kubelet/types/labels.go``), so a runtime that held
 pods of a real kubelet shows them to the agent and the other way round.
 
-Used by the sync loop when it creates sandboxes and containers, and by :mod:`.observed` when it reads
+Used by the sync loop when it creates sandboxes and containers, and by ``pleg.observed`` when it reads
 the runtime's lists.
 """
 
@@ -17,7 +17,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from kubeharness.agent.model import Container, ContainerPort, Pod
+from kubeharness.agent.pod.model import Container, ContainerPort, Pod
 
 # labels (on sandboxes and containers)
 POD_NAME = "io.kubernetes.pod.name"

@@ -1,0 +1,1 @@
+"""The v1 PodStatus the agent reports for a pod."""
