@@ -2,9 +2,9 @@
 
 ``/pods`` answers a ``v1`` PodList of the pods the agent runs, with their status; ``/healthz`` answers
 ``ok`` (200) while the agent is healthy and the reason (500) when it is not (the runtime gone for longer
-than the PLEG threshold); ``/metrics`` answers Prometheus text. It is a small HTTP/1.1 server on asyncio
-streams (GET and HEAD only, keep-alive, no request bodies): enough for kubelet's clients, curl and
-Prometheus, and no dependency.
+than the PLEG threshold); ``/metrics`` answers Prometheus text. The server is aiohttp's (GET and HEAD; any
+other method 405); a route is a plain function returning an :class:`Answer`, or a coroutine function for
+answers that must ask someone first (the stats summary asks the runtime).
 
 A server binds exactly the one address it is given, an IP address literal (KubeletConfiguration
 ``address`` for the read-only port, ``healthzBindAddress`` for healthz): never a host name that could
@@ -15,12 +15,14 @@ when configured so (kubelet's default ``address`` is ``0.0.0.0``; the read-only 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import inspect
 import ipaddress
 import logging
-from collections.abc import Callable
+import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+
+from aiohttp import web
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +36,7 @@ class Answer:
     content_type: str = "text/plain; charset=utf-8"
 
 
-Route = Callable[[], Answer]
-REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 400: "Bad Request", 500: "Internal Server Error"}
+Route = Callable[[], Answer] | Callable[[], Awaitable[Answer]]
 
 
 class HttpServer:
@@ -45,7 +46,7 @@ class HttpServer:
         self.host = host
         self.port = port
         self.routes = routes
-        self._server: asyncio.base_events.Server | None = None
+        self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
         try:
@@ -55,55 +56,46 @@ class HttpServer:
         if address.is_unspecified:
             log.warning("serving %s on every interface (%s:%d), as configured", ", ".join(self.routes),
                         self.host, self.port)
-        self._server = await asyncio.start_server(self._serve, str(address), self.port, limit=MAX_HEADER_BYTES,
-                                                  reuse_port=False)
-        self.port = self._server.sockets[0].getsockname()[1]
+        app = web.Application(handler_args={"max_field_size": MAX_HEADER_BYTES, "max_line_size": MAX_HEADER_BYTES})
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((str(address), self.port))
+        except OSError:
+            sock.close()
+            await self._runner.cleanup()
+            self._runner = None
+            raise
+        self.port = sock.getsockname()[1]
+        await web.SockSite(self._runner, sock).start()
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 2)
-            self._server = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
 
-    def _answer(self, method: str, target: str) -> Answer:
+    async def _handle(self, request: web.Request) -> web.Response:
+        answer = await self._answer(request.method, request.path)
+        response = web.Response(status=answer.status, body=answer.body)
+        response.headers["Content-Type"] = answer.content_type
+        return response
+
+    async def _answer(self, method: str, path: str) -> Answer:
         if method not in ("GET", "HEAD"):
             return Answer(405, b"only GET and HEAD\n")
-        route = self.routes.get(target.split("?", 1)[0])
+        route = self.routes.get(path)
         if route is None:
             return Answer(404, b"404 page not found\n")
         try:
-            return route()
+            answer = route()
+            if inspect.isawaitable(answer):
+                answer = await answer
+            assert isinstance(answer, Answer)
+            return answer
         except Exception:
-            log.exception("internal error serving %s", target)
+            log.exception("internal error serving %s", path)
             return Answer(500, b"internal error; see the agent's log\n")
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
-                    return
-                lines = head.decode("latin-1").split("\r\n")
-                parts = lines[0].split(" ")
-                if len(parts) != 3:
-                    answer, method = Answer(400, b"bad request line\n"), "GET"
-                else:
-                    method = parts[0]
-                    answer = self._answer(method, parts[1])
-                headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:] if h)}
-                close = headers.get("connection", "").lower() == "close" or parts[-1] == "HTTP/1.0"
-                writer.write(
-                    f"HTTP/1.1 {answer.status} {REASONS.get(answer.status, '')}\r\n"
-                    f"Content-Type: {answer.content_type}\r\nContent-Length: {len(answer.body)}\r\n"
-                    f"{'Connection: close' + chr(13) + chr(10) if close else ''}\r\n".encode("latin-1"))
-                if method != "HEAD":
-                    writer.write(answer.body)
-                await writer.drain()
-                if close:
-                    return
-        except ConnectionError:
-            return
-        finally:
-            writer.close()
