@@ -158,7 +158,8 @@ healthzBindAddress: 127.0.0.2
 podLogsDir: /tmp/pods
 containerLogMaxSize: 5Mi
 containerLogMaxFiles: 3
-containerLogMonitorInterval: 2s
+containerLogMaxWorkers: 2
+containerLogMonitorInterval: 3s
 serializeImagePulls: false
 maxParallelImagePulls: 4
 imageMinimumGCAge: 1m
@@ -197,7 +198,8 @@ def test_every_field_is_parsed(tmp_path: Path) -> None:
     assert (config.healthz_port, config.healthz_bind_address) == (0, "127.0.0.2")
     assert config.pod_logs_dir == "/tmp/pods"
     assert config.container_log_max_size_bytes == 5 * 2**20
-    assert (config.container_log_max_files, config.container_log_monitor_interval_s) == (3, 2)
+    assert (config.container_log_max_files, config.container_log_monitor_interval_s) == (3, 3)
+    assert config.container_log_max_workers == 2
     assert (config.serialize_image_pulls, config.max_parallel_image_pulls) == (False, 4)
     assert config.image_minimum_gc_age_s == 60
     assert (config.image_gc_high_threshold_percent, config.image_gc_low_threshold_percent) == (90, 70)
@@ -288,7 +290,12 @@ def test_unknown_fields_warn_and_kubelet_fields_are_ignored(tmp_path: Path,
     ("staticPodPath: 3", "staticPodPath: must be a string"),
     ("staticPodURLHeader: {X: a}", r"staticPodURLHeader\.X: must be a list of strings"),
     ("imageGCLowThresholdPercent: 90", "imageGCLowThresholdPercent: must be less than"),
-    ("containerLogMaxFiles: 1", "containerLogMaxFiles: must be between 2"),
+    ("containerLogMaxFiles: 1", "containerLogMaxFiles: must be greater than 1, got 1"),
+    ("containerLogMaxWorkers: 0", "containerLogMaxWorkers: must be greater than or equal to 1, got 0"),
+    ("containerLogMonitorInterval: 2999ms", "containerLogMonitorInterval: must be a positive time duration greater"),
+    ("containerLogMonitorInterval: 0s", "containerLogMonitorInterval: must be a positive time duration greater"),
+    ("containerLogMaxSize: '1.5'", "containerLogMaxSize: invalid max log size"),
+    ("containerLogMaxSize: 10Zi", "containerLogMaxSize: .* unknown suffix"),
     ("crashLoopBackOff: 5s", "crashLoopBackOff: must be a map"),
 ])
 def test_invalid_values_name_the_field(tmp_path: Path, body: str, field: str) -> None:
@@ -316,3 +323,12 @@ def test_wrong_documents_are_refused(tmp_path: Path, text: str, problem: str) ->
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read the configuration"):
         AgentConfig.load(tmp_path / "nope.yaml")
+
+
+def test_container_log_fields_default_and_a_negative_size_turns_rotation_off(tmp_path: Path) -> None:
+    config = load(tmp_path, "")
+    assert (config.container_log_max_size_bytes, config.container_log_max_files) == (10 * 2**20, 5)
+    assert (config.container_log_max_workers, config.container_log_monitor_interval_s) == (1, 10)
+    config = load(tmp_path, "containerLogMaxSize: '-1'\ncontainerLogMaxFiles: 2\n")
+    assert (config.container_log_max_size_bytes, config.container_log_max_files) == (-1, 2)
+    assert "containerLogMaxWorkers" not in config.ignored

@@ -14,7 +14,7 @@ import ipaddress
 from collections.abc import Callable
 from typing import Any
 
-from kubeharness.agent.pod.quantity import parse_duration_ns, parse_resource
+from kubeharness.agent.pod.quantity import parse_duration_ns, parse_quantity, parse_resource
 from kubeharness.errors import InvalidArgument
 
 RESERVABLE = frozenset({"cpu", "memory", "ephemeral-storage", "pid"})  # plus hugepages-<size>
@@ -31,9 +31,9 @@ KUBELET_FIELDS_NOT_IMPLEMENTED = frozenset({
     "draManagerReconcilePeriod", "memoryManagerPolicy", "topologyManagerPolicy", "topologyManagerScope",
     "topologyManagerPolicyOptions", "qosReserved", "hairpinMode", "resolvConf", "runOnce", "cpuCFSQuota",
     "cpuCFSQuotaPeriod", "nodeStatusMaxImages", "maxOpenFiles", "contentType", "kubeAPIQPS", "kubeAPIBurst",
-    "evictionSoft", "evictionSoftGracePeriod", "evictionMaxPodGracePeriod", "evictionMinimumReclaim", "podsPerCore",
+    "podsPerCore",
     "enableControllerAttachDetach", "protectKernelDefaults", "makeIPTablesUtilChains", "iptablesMasqueradeBit",
-    "iptablesDropBit", "failSwapOn", "memorySwap", "containerLogMaxWorkers",
+    "iptablesDropBit", "failSwapOn", "memorySwap",
     "configMapAndSecretChangeDetectionStrategy", "reservedSystemCPUs", "showHiddenMetricsForVersion",
     "systemReservedCgroup", "kubeReservedCgroup", "enforceNodeAllocatable", "allowedUnsafeSysctls",
     "volumePluginDir", "providerID", "kernelMemcgNotification", "logging", "enableSystemLogHandler",
@@ -140,6 +140,36 @@ def gates(value: object, name: str) -> dict[str, bool]:
 
 def size(value: object, name: str) -> int:
     return parse_resource("memory", value, name)
+
+
+def log_max_size(value: object, name: str) -> int:
+    """``containerLogMaxSize``: whole bytes; negative is allowed and switches log rotation off (kubelet)."""
+    amount = parse_quantity(value, name)
+    if amount != amount.to_integral_value():
+        raise InvalidArgument(f"{name}: invalid max log size, got {value!r}")  # kubelet's Quantity.AsInt64
+    return int(amount)
+
+
+def log_max_files(value: object, name: str) -> int:
+    number = integer(value, name)
+    if number <= 1 or number > 2**31 - 1:  # kubelet's validation: containerLogMaxFiles must be greater than 1
+        raise InvalidArgument(f"{name}: must be greater than 1, got {number}")
+    return number
+
+
+def log_max_workers(value: object, name: str) -> int:
+    number = integer(value, name)
+    if number < 1 or number > 2**31 - 1:  # kubelet: containerLogMaxWorkers must be greater than or equal to 1
+        raise InvalidArgument(f"{name}: must be greater than or equal to 1, got {number}")
+    return number
+
+
+def log_monitor_interval(value: object, name: str) -> float:
+    """``containerLogMonitorInterval``: at least 3s, in seconds (a zero duration is refused too, as kubelet)."""
+    ns = parse_duration_ns(value, name)
+    if ns < 3 * 10**9:
+        raise InvalidArgument(f"{name}: must be a positive time duration greater than or equal to 3s, got {value!r}")
+    return ns / 1e9
 
 
 def count_or_default(value: object, name: str) -> int | None:

@@ -15,8 +15,10 @@ Choices where kubelet leaves room or hard-codes things, all kubelet's own behavi
   kubelet. Tests that want those endpoints set it (10255 is kubelet's traditional read-only port).
 - A zero duration, ``maxPods: 0`` or a negative ``podPidsLimit`` means "use the default", as in kubelet.
 - ``cgroupRoot`` is ``/`` when unset and ``cgroupsPerQOS`` is on (kubelet's start-up does this).
-- ``evictionHard`` replaces kubelet's defaults unless ``mergeDefaultEvictionSettings`` is true; a 0 or
-  0% threshold is dropped (it disables that signal).
+- ``evictionHard`` replaces kubelet's defaults unless ``mergeDefaultEvictionSettings`` is true; a ``0%``
+  or ``100%`` threshold is dropped (it disables that signal), a zero quantity is refused (kubelet's
+  ``ParseThresholdConfig``). ``evictionSoft`` needs an ``evictionSoftGracePeriod`` for each of its signals;
+  ``evictionMinimumReclaim`` applies to the hard and the soft threshold of its signal.
 - Crash-loop back-off: kubelet starts at 10s, doubles up to 300s and forgets a container's back-off after
   it ran 10 minutes. ``crashLoopBackOff.maxContainerRestartPeriod`` (1s..300s) caps the delay (kubelet
   needs feature gate ``KubeletCrashLoopBackOffMax`` for it; we honour it without the gate); a cap under
@@ -24,11 +26,18 @@ Choices where kubelet leaves room or hard-codes things, all kubelet's own behavi
   gives kubelet's reduced defaults, 1s initial and 60s max. The initial delay and the reset period have
   no kubelet field: they are ``AgentConfig`` attributes (``crash_loop_initial_s``,
   ``crash_loop_reset_s``) that callers may override with :func:`dataclasses.replace`.
+- ``kubeharnessNodeCapacity`` is **our own extension**, not a kubelet field: the capacity of an emulated
+  node (``{cpu: 4, memory: 8Gi, ephemeralStorage: 100Gi, inodes: 1000000, pids: 4096}``, optionally
+  ``imageFs`` and ``imageFsInodes`` for an image filesystem of its own). When it is given the agent's stats
+  come from the emulated provider (that capacity minus what the runtime says the pods use), else from the
+  host. A real kubelet warns about it as an unknown field and goes on. See :class:`NodeCapacity`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import re
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -38,7 +47,7 @@ from typing import Any
 import yaml
 
 from kubeharness.agent.config import fields
-from kubeharness.agent.pod.quantity import parse_quantity, parse_resource
+from kubeharness.agent.pod.quantity import parse_duration_ns, parse_quantity, parse_resource
 from kubeharness.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
@@ -60,17 +69,72 @@ class ConfigError(InvalidArgument):
     """A configuration file that cannot be used; the message names the file and the field."""
 
 
+BINARY_SI, DECIMAL_SI, DECIMAL_EXPONENT = "BinarySI", "DecimalSI", "DecimalExponent"  # a quantity's format
+
+
+@dataclass(frozen=True)
+class ReclaimValue:
+    """An ``evictionMinimumReclaim`` value: ``quantity`` (bytes or a count) or ``percent`` (of capacity)."""
+
+    quantity: int | None = None
+    percent: float | None = None
+    quantity_format: str = BINARY_SI
+
+
 @dataclass(frozen=True)
 class EvictionThreshold:
-    """A hard eviction threshold: the signal fires when what is available drops below it.
+    """An eviction threshold: the signal fires when what is available drops below it; a soft threshold
+    (``grace_period_s`` > 0) only once it has held that long.
 
     Exactly one of ``quantity`` (bytes, or a count for inodes and pids) and ``percent`` (of capacity,
-    0..100) is set.
+    0..100) is set; ``quantity_format`` is how the quantity was written (Go's resource formats: a binary
+    suffix ``Mi``, a decimal one or none, an exponent), which kubelet's messages print it in.
     """
 
     signal: str
     quantity: int | None = None
     percent: float | None = None
+    quantity_format: str = BINARY_SI
+    grace_period_s: float = 0.0
+    min_reclaim: ReclaimValue | None = None
+
+
+@dataclass(frozen=True)
+class NodeCapacity:
+    """An emulated node's capacity (``kubeharnessNodeCapacity``, our extension): CPU in millicores, the rest in
+    bytes or counts. ``image_fs_bytes`` None: the image filesystem is the node filesystem (one disk)."""
+
+    cpu_millicores: int = 4000
+    memory_bytes: int = 8 * 2**30
+    ephemeral_storage_bytes: int = 100 * 2**30
+    inodes: int = 1_000_000
+    pids: int = 4096
+    image_fs_bytes: int | None = None
+    image_fs_inodes: int | None = None
+
+
+# kubeharnessNodeCapacity key -> (NodeCapacity attribute, the resource its quantity is parsed as)
+_CAPACITY_KEYS = {"cpu": ("cpu_millicores", "cpu"), "memory": ("memory_bytes", "memory"),
+                  "ephemeralStorage": ("ephemeral_storage_bytes", "ephemeral-storage"),
+                  "inodes": ("inodes", "inodes"), "pids": ("pids", "pid"),
+                  "imageFs": ("image_fs_bytes", "ephemeral-storage"), "imageFsInodes": ("image_fs_inodes", "inodes")}
+
+
+def node_capacity(value: object, name: str = "kubeharnessNodeCapacity") -> NodeCapacity:
+    """Parse the ``kubeharnessNodeCapacity`` block; an unknown key, a malformed or a zero quantity is an error
+    naming the key."""
+    parsed: dict[str, int] = {}
+    for key, raw in fields.mapping(value, name).items():
+        if key not in _CAPACITY_KEYS:
+            raise InvalidArgument(f"{name}.{key}: unknown key (one of {', '.join(_CAPACITY_KEYS)})")
+        attr, resource = _CAPACITY_KEYS[key]
+        if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
+            raise InvalidArgument(f"{name}.{key}: must be a quantity such as '8Gi' or 4096, got {raw!r}")
+        amount = parse_resource(resource, raw, f"{name}.{key}")
+        if amount <= 0:
+            raise InvalidArgument(f"{name}.{key}: must be positive, got {raw!r}")
+        parsed[attr] = amount
+    return NodeCapacity(**parsed)
 
 
 def _default_node_name() -> str:
@@ -104,10 +168,16 @@ class AgentConfig:
     pod_pids_limit: int = -1
     system_reserved: Mapping[str, int] = field(default_factory=dict)  # cpu in millicores, others in units
     kube_reserved: Mapping[str, int] = field(default_factory=dict)
-    # eviction (used by part 2)
+    # eviction (the ``eviction`` package)
     eviction_hard: Mapping[str, EvictionThreshold] = field(default_factory=lambda: default_eviction_hard())
     merge_default_eviction_settings: bool = False
     eviction_pressure_transition_period_s: float = 300.0
+    eviction_soft: Mapping[str, EvictionThreshold] = field(default_factory=dict)  # with their grace periods
+    eviction_soft_grace_period_s: Mapping[str, float] = field(default_factory=dict)
+    eviction_max_pod_grace_period_s: int = 0
+    eviction_minimum_reclaim: Mapping[str, ReclaimValue] = field(default_factory=dict)
+    # an emulated node's capacity (kubeharnessNodeCapacity, ours); None: the stats come from the host
+    node_capacity: NodeCapacity | None = None
     # servers
     address: str = "0.0.0.0"
     read_only_port: int = 0  # 0: the read-only server is off, as in kubelet
@@ -115,8 +185,9 @@ class AgentConfig:
     healthz_bind_address: str = "127.0.0.1"
     # logs and images
     pod_logs_dir: str = "/var/log/pods"
-    container_log_max_size_bytes: int = 10 * 2**20
-    container_log_max_files: int = 5
+    container_log_max_size_bytes: int = 10 * 2**20  # negative: no log rotation
+    container_log_max_files: int = 5  # counts the live file
+    container_log_max_workers: int = 1
     container_log_monitor_interval_s: float = 10.0
     serialize_image_pulls: bool = True
     max_parallel_image_pulls: int | None = None
@@ -210,28 +281,78 @@ class AgentConfig:
 # ---- the fields: eviction thresholds here, the others in ``configfields``
 
 
+def _signal(signal: str, where: str) -> None:
+    if signal not in EVICTION_SIGNALS:
+        known = ", ".join(sorted(EVICTION_SIGNALS))
+        raise InvalidArgument(f"{where}: unsupported eviction signal {signal} (one of {known})")
+
+
+def _quantity_format(raw: object) -> str:
+    """Go's format of a quantity as written: a binary suffix, an exponent, or decimal (also no suffix)."""
+    text = str(raw).strip()
+    if text[-2:] in ("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"):
+        return BINARY_SI
+    return DECIMAL_EXPONENT if re.search(r"[eE][+-]?\d+$", text) else DECIMAL_SI
+
+
+def _percent(raw: str, where: str) -> float:
+    try:
+        return float(raw[:-1])
+    except ValueError:
+        raise InvalidArgument(f"{where}: {raw!r} is not a percentage") from None
+
+
 def _thresholds(value: object, name: str) -> dict[str, EvictionThreshold]:
+    """evictionHard / evictionSoft as kubelet's parseThresholdStatement reads them."""
     result = {}
     for signal, raw in fields.mapping(value, name).items():
         where = f"{name}.{signal}"
-        if signal not in EVICTION_SIGNALS:
-            known = ", ".join(sorted(EVICTION_SIGNALS))
-            raise InvalidArgument(f"{where}: unsupported eviction signal (one of {known})")
+        _signal(signal, where)
         if isinstance(raw, str) and raw.endswith("%"):
-            try:
-                percent = float(raw[:-1])
-            except ValueError:
-                raise InvalidArgument(f"{where}: {raw!r} is not a percentage") from None
+            if raw in ("0%", "100%"):  # kubelet ignores both: the signal is off
+                continue
+            percent = _percent(raw, where)
             if not 0 <= percent <= 100:
                 raise InvalidArgument(f"{where}: percentage must be between 0% and 100%, got {raw!r}")
             if percent:
                 result[signal] = EvictionThreshold(signal, percent=percent)
             continue
         quantity = parse_quantity(raw, where)
-        if quantity < 0:
-            raise InvalidArgument(f"{where}: must not be negative, got {raw!r}")
-        if quantity:
-            result[signal] = EvictionThreshold(signal, quantity=parse_resource(signal, raw, where))
+        if quantity <= 0:
+            raise InvalidArgument(f"{where}: eviction threshold {signal} must be positive: {raw}")
+        result[signal] = EvictionThreshold(signal, quantity=parse_resource(signal, raw, where),
+                                           quantity_format=_quantity_format(raw))
+    return result
+
+
+def _grace_periods(value: object, name: str) -> dict[str, float]:
+    """evictionSoftGracePeriod as kubelet's parseGracePeriods reads it."""
+    result = {}
+    for signal, raw in fields.mapping(value, name).items():
+        where = f"{name}.{signal}"
+        _signal(signal, where)
+        ns = parse_duration_ns(raw, where)
+        if ns < 0:
+            raise InvalidArgument(f"{where}: invalid eviction grace period specified: {raw}, must be a positive value")
+        result[signal] = ns / 1e9
+    return result
+
+
+def _minimum_reclaims(value: object, name: str) -> dict[str, ReclaimValue]:
+    """evictionMinimumReclaim as kubelet's parseMinimumReclaims reads it."""
+    result = {}
+    for signal, raw in fields.mapping(value, name).items():
+        where = f"{name}.{signal}"
+        _signal(signal, where)
+        if isinstance(raw, str) and raw.endswith("%"):
+            percent = _percent(raw, where)
+            if percent <= 0:
+                raise InvalidArgument(f"{where}: eviction percentage minimum reclaim {signal} must be positive: {raw}")
+            result[signal] = ReclaimValue(percent=percent)
+            continue
+        if parse_quantity(raw, where) < 0:
+            raise InvalidArgument(f"{where}: negative eviction minimum reclaim specified for {signal}")
+        result[signal] = ReclaimValue(quantity=parse_resource(signal, raw, where), quantity_format=_quantity_format(raw))
     return result
 
 
@@ -261,14 +382,19 @@ _FIELDS: dict[str, tuple[str, Callable[[object, str], Any]]] = {
     "evictionHard": ("eviction_hard", _thresholds),
     "mergeDefaultEvictionSettings": ("merge_default_eviction_settings", fields.boolean),
     "evictionPressureTransitionPeriod": ("eviction_pressure_transition_period_s", fields.duration),
+    "evictionSoft": ("eviction_soft", _thresholds),
+    "evictionSoftGracePeriod": ("eviction_soft_grace_period_s", _grace_periods),
+    "evictionMaxPodGracePeriod": ("eviction_max_pod_grace_period_s", fields.integer),
+    "evictionMinimumReclaim": ("eviction_minimum_reclaim", _minimum_reclaims),
     "address": ("address", fields.ip),
     "readOnlyPort": ("read_only_port", fields.PORT),
     "healthzPort": ("healthz_port", fields.PORT),
     "healthzBindAddress": ("healthz_bind_address", fields.ip),
     "podLogsDir": ("pod_logs_dir", fields.string),
-    "containerLogMaxSize": ("container_log_max_size_bytes", fields.size),
-    "containerLogMaxFiles": ("container_log_max_files", fields.int_range(2, 2**31 - 1)),
-    "containerLogMonitorInterval": ("container_log_monitor_interval_s", fields.duration),
+    "containerLogMaxSize": ("container_log_max_size_bytes", fields.log_max_size),
+    "containerLogMaxFiles": ("container_log_max_files", fields.log_max_files),
+    "containerLogMaxWorkers": ("container_log_max_workers", fields.log_max_workers),
+    "containerLogMonitorInterval": ("container_log_monitor_interval_s", fields.log_monitor_interval),
     "serializeImagePulls": ("serialize_image_pulls", fields.boolean),
     "maxParallelImagePulls": ("max_parallel_image_pulls", fields.int_range(1, 2**31 - 1)),
     "imageMinimumGCAge": ("image_minimum_gc_age_s", fields.duration),
@@ -279,7 +405,26 @@ _FIELDS: dict[str, tuple[str, Callable[[object, str], Any]]] = {
     "podCIDR": ("pod_cidr", fields.cidr),
     "nodeStatusUpdateFrequency": ("node_status_update_frequency_s", fields.duration),
     "featureGates": ("feature_gates", fields.gates),
+    "kubeharnessNodeCapacity": ("node_capacity", node_capacity),  # ours, not kubelet's
 }
+
+
+def _complete_eviction_thresholds(kwargs: dict[str, Any]) -> None:
+    """Soft thresholds get their grace periods, every threshold its minimum reclaim (ParseThresholdConfig)."""
+    graces = kwargs.get("eviction_soft_grace_period_s", {})
+    reclaims = kwargs.get("eviction_minimum_reclaim", {})
+    soft = {}
+    for signal, threshold in kwargs.get("eviction_soft", {}).items():
+        if signal not in graces:
+            raise ConfigError(f"evictionSoft.{signal}: grace period must be specified for the soft eviction "
+                              f"threshold {signal} (in evictionSoftGracePeriod)")
+        soft[signal] = dataclasses.replace(threshold, grace_period_s=graces[signal], min_reclaim=reclaims.get(signal))
+    if soft:
+        kwargs["eviction_soft"] = soft
+    if reclaims:
+        hard = kwargs.get("eviction_hard", default_eviction_hard())
+        kwargs["eviction_hard"] = {signal: dataclasses.replace(t, min_reclaim=reclaims.get(signal))
+                                   for signal, t in hard.items()}
 
 
 def _apply_dependent_defaults(kwargs: dict[str, Any]) -> None:
@@ -300,6 +445,7 @@ def _apply_dependent_defaults(kwargs: dict[str, Any]) -> None:
         merged = default_eviction_hard()
         merged.update(kwargs.get("eviction_hard", {}))
         kwargs["eviction_hard"] = merged
+    _complete_eviction_thresholds(kwargs)
     low = kwargs.get("image_gc_low_threshold_percent", 80)
     high = kwargs.get("image_gc_high_threshold_percent", 85)
     if low >= high:
