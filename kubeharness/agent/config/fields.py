@@ -26,7 +26,7 @@ KUBELET_FIELDS_NOT_IMPLEMENTED = frozenset({
     "registryPullQPS", "registryBurst", "imagePullCredentialsVerificationPolicy",
     "preloadedImagesVerificationAllowlist", "eventRecordQPS", "eventBurst", "enableDebuggingHandlers",
     "enableContentionProfiling", "oomScoreAdj", "streamingConnectionIdleTimeout", "nodeStatusReportFrequency",
-    "nodeLeaseDurationSeconds", "imageMaximumGCAge", "volumeStatsAggPeriod", "kubeletCgroups", "systemCgroups",
+    "nodeLeaseDurationSeconds", "volumeStatsAggPeriod", "kubeletCgroups", "systemCgroups",
     "cpuManagerPolicy", "singleProcessOOMKill", "cpuManagerPolicyOptions", "cpuManagerReconcilePeriod",
     "draManagerReconcilePeriod", "memoryManagerPolicy", "topologyManagerPolicy", "topologyManagerScope",
     "topologyManagerPolicyOptions", "qosReserved", "hairpinMode", "resolvConf", "runOnce", "cpuCFSQuota",
@@ -77,6 +77,19 @@ def duration(value: object, name: str) -> float | None:
     if ns < 0:
         raise InvalidArgument(f"{name}: must not be negative, got {value!r}")
     return ns / 1e9 if ns else None  # kubelet: a zero duration means the default
+
+
+def go_duration(seconds: float) -> str:
+    """Seconds as Go prints a time.Duration in kubelet's messages: ``2m0s``, ``1h0m0s``, ``1.5s``."""
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    frac = f"{seconds - whole:.9f}".rstrip("0").rstrip(".")[1:] if seconds != whole else ""
+    if hours:
+        return f"{hours}h{minutes}m{secs}{frac}s"
+    if minutes:
+        return f"{minutes}m{secs}{frac}s"
+    return f"{secs}{frac}s"
 
 
 def enum(*allowed: str) -> Callable[[object, str], str]:

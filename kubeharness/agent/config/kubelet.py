@@ -194,6 +194,10 @@ class AgentConfig:
     image_minimum_gc_age_s: float = 120.0
     image_gc_high_threshold_percent: int = 85
     image_gc_low_threshold_percent: int = 80
+    image_maximum_gc_age_s: float = 0.0  # 0: off
+    # no kubelet field: the image filesystem's capacity when the runtime is emulated (its ImageFsInfo carries
+    # no capacity and its mountpoint's statvfs is the host's disk); None: statvfs of the mountpoint
+    image_fs_capacity_bytes: int | None = None
     # pod networking and DNS
     cluster_dns: tuple[str, ...] = ()
     cluster_domain: str = ""
@@ -287,7 +291,7 @@ def _signal(signal: str, where: str) -> None:
         raise InvalidArgument(f"{where}: unsupported eviction signal {signal} (one of {known})")
 
 
-def _quantity_format(raw: object) -> str:
+def quantity_format_of(raw: object) -> str:
     """Go's format of a quantity as written: a binary suffix, an exponent, or decimal (also no suffix)."""
     text = str(raw).strip()
     if text[-2:] in ("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"):
@@ -321,7 +325,7 @@ def _thresholds(value: object, name: str) -> dict[str, EvictionThreshold]:
         if quantity <= 0:
             raise InvalidArgument(f"{where}: eviction threshold {signal} must be positive: {raw}")
         result[signal] = EvictionThreshold(signal, quantity=parse_resource(signal, raw, where),
-                                           quantity_format=_quantity_format(raw))
+                                           quantity_format=quantity_format_of(raw))
     return result
 
 
@@ -352,7 +356,8 @@ def _minimum_reclaims(value: object, name: str) -> dict[str, ReclaimValue]:
             continue
         if parse_quantity(raw, where) < 0:
             raise InvalidArgument(f"{where}: negative eviction minimum reclaim specified for {signal}")
-        result[signal] = ReclaimValue(quantity=parse_resource(signal, raw, where), quantity_format=_quantity_format(raw))
+        result[signal] = ReclaimValue(quantity=parse_resource(signal, raw, where),
+                                      quantity_format=quantity_format_of(raw))
     return result
 
 
@@ -400,6 +405,7 @@ _FIELDS: dict[str, tuple[str, Callable[[object, str], Any]]] = {
     "imageMinimumGCAge": ("image_minimum_gc_age_s", fields.duration),
     "imageGCHighThresholdPercent": ("image_gc_high_threshold_percent", fields.PERCENT),
     "imageGCLowThresholdPercent": ("image_gc_low_threshold_percent", fields.PERCENT),
+    "imageMaximumGCAge": ("image_maximum_gc_age_s", fields.duration),
     "clusterDNS": ("cluster_dns", fields.ip_list),
     "clusterDomain": ("cluster_domain", fields.string),
     "podCIDR": ("pod_cidr", fields.cidr),
@@ -448,5 +454,14 @@ def _apply_dependent_defaults(kwargs: dict[str, Any]) -> None:
     _complete_eviction_thresholds(kwargs)
     low = kwargs.get("image_gc_low_threshold_percent", 80)
     high = kwargs.get("image_gc_high_threshold_percent", 85)
-    if low >= high:
-        raise ConfigError("imageGCLowThresholdPercent: must be less than imageGCHighThresholdPercent")
+    if low >= high:  # kubelet's ValidateKubeletConfiguration, in words of its messages
+        raise ConfigError(f"imageGCLowThresholdPercent: must be less than imageGCHighThresholdPercent "
+                          f"(--image-gc-low-threshold {low}, --image-gc-high-threshold {high})")
+    max_age = kwargs.get("image_maximum_gc_age_s") or 0.0
+    min_age = kwargs.get("image_minimum_gc_age_s", 120.0)
+    if max_age and gates.get("ImageMaximumGCAge") is False:
+        raise ConfigError("imageMaximumGCAge: ImageMaximumGCAge feature gate is required for Kubelet configuration "
+                          "option imageMaximumGCAge")
+    if max_age and max_age <= min_age:
+        raise ConfigError(f"imageMaximumGCAge: {fields.go_duration(max_age)} must be greater than imageMinimumGCAge "
+                          f"{fields.go_duration(min_age)}")
