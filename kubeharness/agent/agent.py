@@ -3,8 +3,10 @@
 Small loops only dispatch (kubelet's syncLoop, split by source of work): source updates change the
 desired set and wake the workers of pods that came or went; PLEG events wake the worker of their pod (and
 the runtime's GetContainerEvents stream, where it has one, makes the PLEG relist at once);
-a tick every ``syncFrequency`` wakes every worker; housekeeping every 2 s removes what belongs to pods
-no longer desired, collects dead containers beyond one per name, and forgets stale backoff entries.
+a tick every ``syncFrequency`` wakes every worker; housekeeping every 2 s kills what belongs to pods no longer
+desired, runs the container GC (``gc.containers``: dead containers beyond one per name with their logs, dead
+sandboxes, the log directories of pods that are gone) and forgets stale backoff entries. Image GC
+(``gc.images``) has its own loop, every 5 minutes.
 
 Probes (``prober``): the probe manager runs a worker per probe of every admitted pod; a liveness or
 startup result that changes wakes the pod's worker (a failure kills the container), a readiness or startup
@@ -34,6 +36,8 @@ from kubeharness import fsafe
 from kubeharness.agent import deadline
 from kubeharness.agent.config.kubelet import AgentConfig
 from kubeharness.agent.events import NORMAL, Recorder
+from kubeharness.agent.gc.containers import ContainerGC
+from kubeharness.agent.gc.images import ImageFs, ImageGC, ImageGCPolicy, cri_image_fs
 from kubeharness.agent.pleg.observed import RUNNING
 from kubeharness.agent.pleg.pleg import Pleg
 from kubeharness.agent.pod.model import Pod
@@ -59,7 +63,6 @@ from kubeharness.wire.cri import api_pb2 as api
 log = logging.getLogger(__name__)
 
 HOUSEKEEPING_PERIOD_S = 2.0
-DEAD_CONTAINERS_PER_NAME = 1  # kubelet's MaxPerPodContainer
 RETRY_INITIAL_S, RETRY_MAX_S = 0.5, 10.0
 
 
@@ -105,7 +108,7 @@ class Agent:
     """One node agent."""
 
     def __init__(self, config: AgentConfig, clock: Clock, sources: list[PodSource] | None = None, *,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, image_fs: ImageFs | None = None) -> None:
         self.config = config
         self.clock = clock
         self.metrics = Registry()
@@ -115,6 +118,11 @@ class Agent:
         self.pleg = Pleg(self.client, clock, on_relist=self.metrics.pleg_relist.observe)
         self.backoff = Backoff(config.crash_loop_initial_s, config.crash_loop_max_s, config.crash_loop_reset_s)
         self.runtime = PodRuntime(self.client, config, clock, self.backoff, self.metrics, recorder=self.recorder)
+        self.container_gc = ContainerGC(self.client, clock, config.pod_logs_dir)
+        self.image_gc = ImageGC(self.client, clock, self.recorder, ImageGCPolicy(
+            config.image_gc_high_threshold_percent, config.image_gc_low_threshold_percent,
+            config.image_minimum_gc_age_s, config.image_maximum_gc_age_s),
+            image_fs or cri_image_fs(self.client, clock, config.image_fs_capacity_bytes))
         self.probe_metrics = ProbeMetrics()
         self.probes = ProbeManager(Prober(clock, self.client, self.recorder, self.probe_metrics), clock,
                                    self.probe_view, rng=rng)
@@ -165,6 +173,7 @@ class Agent:
             self.pleg.run(), self._config_loop(), self._pleg_loop(), self._sync_loop(), self._housekeeping_loop(),
             self._runtime_events_loop(), *(self._probe_results_loop(r) for r in
                                            (self.probes.liveness, self.probes.readiness, self.probes.startup))]
+        loops.append(self.image_gc.run())
         loops.extend(source.run(self.updates) for source in self.sources)
         self._tasks = [asyncio.ensure_future(loop) for loop in loops]
 
@@ -362,7 +371,7 @@ class Agent:
     # -- housekeeping ----------------------------------------------------------------------------------
 
     async def housekeeping(self) -> None:
-        """Remove pods nobody wants, dead containers beyond the limit, stale backoff entries; update gauges."""
+        """Kill pods nobody wants, collect dead containers and sandboxes, forget stale backoff entries; gauges."""
         observed = self.pleg.pods()
         running_pods = 0
         running: dict[str, int] = {}
@@ -371,15 +380,22 @@ class Agent:
                 running_pods += 1
             for c in pod.containers:
                 running[c.state] = running.get(c.state, 0) + 1
-            if uid not in self.desired and uid not in self.workers:
+            if self.pod_gone(uid):
                 await self.runtime.kill_pod(None, pod)
-                await self.runtime.remove_pod(pod)
-            elif uid in self.desired:
-                await self.runtime.remove_dead_containers(pod, DEAD_CONTAINERS_PER_NAME)
+                self.runtime.forget_pod(uid)
         self.metrics.running_pods.set(running_pods)
         for state in ("created", RUNNING, "exited", "unknown"):
             self.metrics.running_containers.set(running.get(state, 0), state)
+        await self.container_gc.collect(observed, self.pod_gone, self.sources_ready())
         self.backoff.gc(self.clock.now_ns())
+
+    def pod_gone(self, uid: str) -> bool:
+        """Kubelet's IsPodDeleted: neither desired nor being terminated by its worker."""
+        return uid not in self.desired and uid not in self.workers
+
+    def sources_ready(self) -> bool:
+        """Every pod source has reported its pods at least once (kubelet's allSourcesReady)."""
+        return all(source.name in self.by_source for source in self.sources)
 
     # -- status out ------------------------------------------------------------------------------------
 
