@@ -23,6 +23,7 @@ NORMAL, WARNING = "Normal", "Warning"
 UNHEALTHY, PROBE_WARNING, KILLING = "Unhealthy", "ProbeWarning", "Killing"
 FAILED_POST_START_HOOK, FAILED_PRE_STOP_HOOK = "FailedPostStartHook", "FailedPreStopHook"
 EXCEEDED_GRACE_PERIOD = "ExceededGracePeriod"
+NODE_KIND = "Node"
 
 
 @dataclass
@@ -39,15 +40,18 @@ class Event:
     count: int = 1
     serial: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    kind: str = "Pod"  # or "Node" for the node's own events (image GC): then name and uid are the node's
 
     def to_object(self, node: str) -> dict[str, Any]:
-        involved: dict[str, Any] = {"kind": "Pod", "namespace": self.namespace, "name": self.pod_name,
+        involved: dict[str, Any] = {"kind": self.kind, "namespace": self.namespace, "name": self.pod_name,
                                     "uid": self.pod_uid, "apiVersion": "v1"}
+        if self.kind == NODE_KIND:
+            del involved["namespace"]  # a cluster-scoped object; its events live in "default"
         if self.field_path:
             involved["fieldPath"] = self.field_path
         return {
             "kind": "Event", "apiVersion": "v1",
-            "metadata": {"name": f"{self.pod_name}.{self.serial:016x}", "namespace": self.namespace},
+            "metadata": {"name": f"{self.pod_name}.{self.serial:016x}", "namespace": self.namespace or "default"},
             "involvedObject": involved, "reason": self.reason, "message": self.message, "type": self.type,
             "count": self.count, "firstTimestamp": rfc3339(self.first_ns), "lastTimestamp": rfc3339(self.last_ns),
             "source": {"component": "kubelet", "host": node},
@@ -65,8 +69,12 @@ class Recorder:
         self._events: OrderedDict[tuple[str, str, str, str, str], Event] = OrderedDict()
         self._serial = itertools.count(1)
 
+    def record_node(self, type_: str, reason: str, message: str) -> Event:
+        """An event about the node itself (kubelet's nodeRef: kind Node, name and uid the node's name)."""
+        return self.record("", self.node, self.node, "", type_, reason, message, kind=NODE_KIND)
+
     def record(self, namespace: str, pod_name: str, pod_uid: str, field_path: str, type_: str, reason: str,
-               message: str) -> Event:
+               message: str, kind: str = "Pod") -> Event:
         key = (pod_uid, field_path, type_, reason, message)
         now = self.clock.now_ns()
         event = self._events.get(key)
@@ -76,7 +84,7 @@ class Recorder:
             self._events.move_to_end(key)
             return event
         event = Event(namespace, pod_name, pod_uid, field_path, type_, reason, message, now, now,
-                      serial=next(self._serial))
+                      serial=next(self._serial), kind=kind)
         self._events[key] = event
         while len(self._events) > self.limit:
             self._events.popitem(last=False)

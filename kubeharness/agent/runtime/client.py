@@ -159,3 +159,11 @@ class RuntimeClient:
         reply = await self._call("pull_image", self.images.PullImage(
             api.PullImageRequest(image=api.ImageSpec(image=image), sandbox_config=sandbox_config)))
         return reply.image_ref
+
+    async def list_images(self) -> list[api.Image]:
+        reply = await self._call("list_images", self.images.ListImages(api.ListImagesRequest(), timeout=self.timeout_s))
+        return list(reply.images)
+
+    async def remove_image(self, image: str) -> None:
+        await self._call("remove_image", self.images.RemoveImage(
+            api.RemoveImageRequest(image=api.ImageSpec(image=image)), timeout=self.timeout_s))

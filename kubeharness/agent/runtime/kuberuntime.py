@@ -36,7 +36,7 @@ import grpc
 
 from kubeharness.agent.config.kubelet import AgentConfig
 from kubeharness.agent.events import KILLING, NORMAL, Recorder, container_field_path
-from kubeharness.agent.pleg.observed import EXITED, RUNNING, ObservedPod
+from kubeharness.agent.pleg.observed import RUNNING, ObservedPod
 from kubeharness.agent.pod import labels, qos
 from kubeharness.agent.pod.expansion import expand_command
 from kubeharness.agent.pod.model import PULL_ALWAYS, PULL_NEVER, Container, Pod
@@ -313,20 +313,9 @@ class PodRuntime:
         self.recorder.record(pod.namespace, pod.name, pod.uid, container_field_path(name, init), NORMAL, KILLING,
                              message or f"Stopping container {name}")
 
-    async def remove_pod(self, observed: ObservedPod) -> None:
-        """Remove every container and sandbox of a pod that is no longer wanted (housekeeping)."""
-        for sandbox in observed.sandboxes:
-            await unless_gone(self.client.remove_sandbox(sandbox.id))
-        termination.remove_pod_dir(self.config.root_dir, observed.uid)
-        self.reasons.pop(observed.uid, None)
-        self.backoff.forget_pod(observed.uid)
-
-    async def remove_dead_containers(self, observed: ObservedPod, keep: int) -> None:
-        """Kubelet's container GC: of each container name, keep the newest ``keep`` exited instances."""
-        seen: dict[str, int] = {}
-        for c in observed.containers:  # newest first
-            if c.state != EXITED:
-                continue
-            seen[c.name] = seen.get(c.name, 0) + 1
-            if seen[c.name] > keep:
-                await unless_gone(self.client.remove_container(c.id))
+    def forget_pod(self, uid: str) -> None:
+        """Drop what the runtime keeps for a pod that is gone: its termination message files, its reasons and
+        back-off entries (housekeeping; ``gc.containers`` removes its containers and sandboxes)."""
+        termination.remove_pod_dir(self.config.root_dir, uid)
+        self.reasons.pop(uid, None)
+        self.backoff.forget_pod(uid)
