@@ -36,6 +36,7 @@ from kubeharness import fsafe
 from kubeharness.agent import deadline
 from kubeharness.agent.config.kubelet import AgentConfig
 from kubeharness.agent.events import NORMAL, Recorder
+from kubeharness.agent.logs import ContainerLogManager, LogRotatePolicy
 from kubeharness.agent.gc.containers import ContainerGC
 from kubeharness.agent.gc.images import ImageFs, ImageGC, ImageGCPolicy, cri_image_fs
 from kubeharness.agent.pleg.observed import RUNNING
@@ -123,6 +124,9 @@ class Agent:
             config.image_gc_high_threshold_percent, config.image_gc_low_threshold_percent,
             config.image_minimum_gc_age_s, config.image_maximum_gc_age_s),
             image_fs or cri_image_fs(self.client, clock, config.image_fs_capacity_bytes))
+        self.logs = ContainerLogManager(  # kubelet's container log manager: rotation every monitor interval
+            self.client, clock, LogRotatePolicy(config.container_log_max_size_bytes, config.container_log_max_files),
+            max_workers=config.container_log_max_workers, monitor_interval_s=config.container_log_monitor_interval_s)
         self.probe_metrics = ProbeMetrics()
         self.probes = ProbeManager(Prober(clock, self.client, self.recorder, self.probe_metrics), clock,
                                    self.probe_view, rng=rng)
@@ -173,6 +177,7 @@ class Agent:
             self.pleg.run(), self._config_loop(), self._pleg_loop(), self._sync_loop(), self._housekeeping_loop(),
             self._runtime_events_loop(), *(self._probe_results_loop(r) for r in
                                            (self.probes.liveness, self.probes.readiness, self.probes.startup))]
+        loops.append(self.logs.run())  # container log rotation
         loops.append(self.image_gc.run())
         loops.extend(source.run(self.updates) for source in self.sources)
         self._tasks = [asyncio.ensure_future(loop) for loop in loops]

@@ -133,6 +133,11 @@ class RuntimeClient:
         await self._call("remove_container", self.runtime.RemoveContainer(
             api.RemoveContainerRequest(container_id=container_id), timeout=self.timeout_s))
 
+    async def reopen_container_log(self, container_id: str) -> None:
+        """Have the runtime write the container's log to a fresh file at its log path (after a rotation)."""
+        await self._call("reopen_container_log", self.runtime.ReopenContainerLog(
+            api.ReopenContainerLogRequest(container_id=container_id), timeout=self.timeout_s))
+
     async def exec_sync(self, container_id: str, cmd: Sequence[str], timeout_s: float) -> api.ExecSyncResponse:
         """Run ``cmd`` in the container (ExecSync); the runtime stops it after ``timeout_s`` (whole seconds, 0
         for no limit) and answers DEADLINE_EXCEEDED. As kubelet's, the call may take the request timeout
