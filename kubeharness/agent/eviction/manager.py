@@ -62,7 +62,7 @@ CLEANUP_TIMEOUT_S, CLEANUP_POLL_S = 30.0, 1.0
 MEMORY_PRESSURE_TAINT = "node.kubernetes.io/memory-pressure"
 CONDITION_ORDER = (MEMORY_PRESSURE, DISK_PRESSURE, PID_PRESSURE)
 
-Reclaim = Callable[[], Awaitable[None]]
+Reclaim = Callable[[], Awaitable[object]]
 
 
 def is_critical(pod: Pod) -> bool:
@@ -161,7 +161,8 @@ class EvictionManager:
                  recorder: Recorder | None = None, reclaim_containers: Reclaim | None = None,
                  reclaim_images: Reclaim | None = None, pressure_transition_period_s: float = 300.0,
                  max_pod_grace_period_s: int = 0, monitoring_period_s: float = MONITORING_PERIOD_S,
-                 dedicated_image_fs: bool | None = None) -> None:
+                 dedicated_image_fs: bool | None = None,
+                 on_conditions: Callable[[Sequence[str]], None] | None = None) -> None:
         self.thresholds = list(thresholds)
         self.clock = clock
         self.summary = summary
@@ -175,6 +176,7 @@ class EvictionManager:
         self.max_pod_grace_period_s = max_pod_grace_period_s
         self.monitoring_period_s = monitoring_period_s
         self.dedicated_image_fs = dedicated_image_fs
+        self.on_conditions = on_conditions  # told the node conditions after every pass (the Node's status)
         # state between passes (kubelet's managerImpl fields)
         self.node_conditions: list[str] = []
         self.conditions_last_observed_ns: dict[str, int] = {}
@@ -237,6 +239,8 @@ class EvictionManager:
                 self.conditions_since_ns[c] = now
         due = [t for t, at in first_observed.items() if now - at >= seconds_to_ns(t.grace_period_s)]
         self.node_conditions = conditions
+        if self.on_conditions is not None:
+            self.on_conditions(conditions)
         self.first_observed_ns = first_observed
         self.thresholds_met = due
         updated = [t for t in due if t.signal in observations and (

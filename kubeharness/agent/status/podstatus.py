@@ -21,8 +21,9 @@ it returns the status as a JSON-ready dict. Rules from ``kubelet_pods.go`` (``co
   PodScheduled; Ready also needs every readiness gate's condition True (a static pod's gates have no
   condition, as nothing but an API client sets them, so such a pod is never Ready);
   ``lastTransitionTime`` is kept from the previous status while a condition's status holds.
-- A pod ended by the agent (``evicted``: its activeDeadlineSeconds passed) is Failed with that reason and
-  message, as kubelet's pod sync handlers make it.
+- A pod ended by the agent (``evicted``: its activeDeadlineSeconds passed, or the eviction manager evicted it)
+  is Failed with that reason and message, as kubelet's pod sync handlers make it; an eviction also adds a
+  ``DisruptionTarget`` condition (reason ``TerminationByKubelet``, the eviction's message) at the end.
 - ``startTime`` is kept from the previous status, else now; IPs: the newest ready sandbox's, one per family
   (the node's family first); a host-network pod gets the host's IPs.
 """
@@ -307,9 +308,11 @@ def sort_pod_ips(ips: Sequence[str], host_ips: Sequence[str] = ()) -> list[str]:
 def pod_status(pod: Pod, observed: ObservedPod | None, *, now_ns: int, runtime_name: str = "containerd",
                host_ips: Sequence[str] = (), reasons: Mapping[str, tuple[str, str]] | None = None,
                actions: PodActions | None = None, previous: Mapping[str, Any] | None = None,
-               probes: ProbeView | None = None, evicted: tuple[str, str] | None = None) -> Status:
+               probes: ProbeView | None = None, evicted: tuple[str, str] | None = None,
+               disruption: str | None = None) -> Status:
     """The pod's v1 PodStatus. ``reasons``: container name -> (waiting reason, message), kubelet's reason cache;
-    ``evicted``: (reason, message) when an internal module ended the pod (its active deadline passed): Failed."""
+    ``evicted``: (reason, message) when an internal module ended the pod (its active deadline passed): Failed;
+    ``disruption``: the eviction manager's message, for the DisruptionTarget condition."""
     previous = previous or {}
     waiting = dict(reasons or {})
     if actions is not None:
@@ -324,9 +327,11 @@ def pod_status(pod: Pod, observed: ObservedPod | None, *, now_ns: int, runtime_n
     if evicted is not None:
         pod_phase = FAILED
     now = rfc3339(now_ns)
-    status: Status = {"phase": pod_phase,
-                      "conditions": _stamp(_conditions(pod, observed, inits, apps, pod_phase),
-                                           previous.get("conditions", []), now)}
+    conditions = _conditions(pod, observed, inits, apps, pod_phase)
+    if disruption is not None:
+        conditions.append({"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet",
+                           "message": disruption})
+    status: Status = {"phase": pod_phase, "conditions": _stamp(conditions, previous.get("conditions", []), now)}
     if host_ips:
         status["hostIP"] = host_ips[0]
         status["hostIPs"] = [{"ip": ip} for ip in host_ips[:2]]
