@@ -11,7 +11,10 @@ sandboxes, the log directories of pods that are gone) and forgets stale backoff 
 Probes (``prober``): the probe manager runs a worker per probe of every admitted pod; a liveness or
 startup result that changes wakes the pod's worker (a failure kills the container), a readiness or startup
 change refreshes the pod's status at once. Events (probe failures, kills) are kept by ``events`` and
-served on ``/events``; probe metrics on ``/metrics/probes``.
+served on ``/events``; probe metrics on ``/metrics/probes``. Stats (``stats``): ``agent.stats`` is the node's
+stats provider (the emulated node's when ``kubeharnessNodeCapacity`` is configured, else the host's), served
+on ``/stats/summary`` and ``/metrics/resource``; ``agent.node_status`` the Node object on
+``/api/v1/nodes/<node-name>``, whose pressure conditions the eviction manager sets.
 
 A :class:`PodWorker` serializes its pod's work: it waits until the PLEG has relisted since its last sync
 (so it never acts twice on a stale view), computes the actions (``runtime.actions``), records the status
@@ -39,6 +42,7 @@ from kubeharness.agent.events import NORMAL, Recorder
 from kubeharness.agent.logs import ContainerLogManager, LogRotatePolicy
 from kubeharness.agent.gc.containers import ContainerGC
 from kubeharness.agent.gc.images import ImageFs, ImageGC, ImageGCPolicy, cri_image_fs
+from kubeharness.agent.nodestatus.node import NodeStatus
 from kubeharness.agent.pleg.observed import RUNNING
 from kubeharness.agent.pleg.pleg import Pleg
 from kubeharness.agent.pod.model import Pod
@@ -53,9 +57,10 @@ from kubeharness.agent.runtime.backoff import Backoff
 from kubeharness.agent.runtime.client import RuntimeClient
 from kubeharness.agent.runtime.kuberuntime import PodRuntime
 from kubeharness.agent.server import endpoints
-from kubeharness.agent.server.httpserver import HttpServer
+from kubeharness.agent.server.httpserver import HttpServer, Route
 from kubeharness.agent.server.metrics import Registry
 from kubeharness.agent.sources.static import FileSource, HttpSource, PodSource, SourceUpdate
+from kubeharness.agent.stats.provider import provider_for
 from kubeharness.agent.status.podstatus import RUNNING_PHASE, pod_status
 from kubeharness.clock import Clock, seconds_to_ns
 from kubeharness.errors import FailedPrecondition
@@ -119,6 +124,9 @@ class Agent:
         self.pleg = Pleg(self.client, clock, on_relist=self.metrics.pleg_relist.observe)
         self.backoff = Backoff(config.crash_loop_initial_s, config.crash_loop_max_s, config.crash_loop_reset_s)
         self.runtime = PodRuntime(self.client, config, clock, self.backoff, self.metrics, recorder=self.recorder)
+        self.stats = provider_for(config, self.client, clock)  # what /stats/summary and the eviction manager read
+        self.node_status = NodeStatus(config, clock, self.stats.machine_capacity, self.not_ready,
+                                      self.runtime_version)
         self.container_gc = ContainerGC(self.client, clock, config.pod_logs_dir)
         self.image_gc = ImageGC(self.client, clock, self.recorder, ImageGCPolicy(
             config.image_gc_high_threshold_percent, config.image_gc_low_threshold_percent,
@@ -165,7 +173,9 @@ class Agent:
             fsafe.check_owner(self.config.root_dir, "the agent's root directory")
         except fsafe.FsafeError as err:
             raise FailedPrecondition(err.message) from None
-        routes = endpoints.routes(self.pod_list, self.pleg, self.metrics, self.probe_metrics, self.recorder)
+        routes: dict[str, Route] = {
+            **endpoints.routes(self.pod_list, self.pleg, self.metrics, self.probe_metrics, self.recorder),
+            **endpoints.stats_routes(self.stats, self.node_status)}
         if self.config.read_only_port:
             self.servers.append(HttpServer(self.config.address, self.config.read_only_port, routes))
         if self.config.healthz_port:
@@ -364,6 +374,21 @@ class Agent:
         if self._version is None or (self._version.done() and self._version.exception() is not None):
             self._version = asyncio.ensure_future(self.client.version())
         self.runtime_name = (await asyncio.shield(self._version)).runtime_name
+
+    async def runtime_version(self) -> api.VersionResponse:
+        """The runtime's Version (for the Node's nodeInfo), asked once, again after a failure."""
+        if self._version is None or (self._version.done() and self._version.exception() is not None):
+            self._version = asyncio.ensure_future(self.client.version())
+        return await asyncio.shield(self._version)
+
+    def not_ready(self) -> str | None:
+        """Why the node is not Ready (kubelet's messages), None when it is."""
+        if self.pleg.last_relist_ns is None:
+            return "container runtime status check may not have completed yet"
+        if not self.pleg.healthy():
+            ago = (self.clock.now_ns() - self.pleg.last_relist_ns) / 1e9
+            return f"PLEG is not healthy: pleg was last seen active {ago:.0f}s ago; threshold is 3m0s"
+        return None
 
     def _note_started(self, pod: Pod, status: dict[str, Any], now_ns: int) -> None:
         seen = self.seen_ns.get(pod.uid)

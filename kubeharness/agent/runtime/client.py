@@ -152,6 +152,23 @@ class RuntimeClient:
         self.metrics.operations.inc("get_container_events")
         return self.runtime.GetContainerEvents(api.GetEventsRequest())
 
+    # -- stats -------------------------------------------------------------------------------------------
+
+    async def list_container_stats(self) -> list[api.ContainerStats]:
+        reply = await self._call("list_container_stats", self.runtime.ListContainerStats(
+            api.ListContainerStatsRequest(), timeout=self.timeout_s))
+        return list(reply.stats)
+
+    async def list_sandbox_stats(self) -> list[api.PodSandboxStats]:
+        """Every sandbox's stats (ListPodSandboxStats); UNIMPLEMENTED on runtimes without it."""
+        reply = await self._call("list_podsandbox_stats", self.runtime.ListPodSandboxStats(
+            api.ListPodSandboxStatsRequest(), timeout=self.timeout_s))
+        return list(reply.stats)
+
+    async def image_fs_info(self) -> api.ImageFsInfoResponse:
+        return await self._call("image_fs_info", self.images.ImageFsInfo(
+            api.ImageFsInfoRequest(), timeout=self.timeout_s))
+
     # -- images ------------------------------------------------------------------------------------------
 
     async def image_ref(self, image: str) -> str | None:
