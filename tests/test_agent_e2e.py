@@ -126,7 +126,8 @@ def container(pods: dict[str, dict[str, Any]], name: str, index: int = 0, init: 
     return statuses[index] if len(statuses) > index else {}
 
 
-async def start_node(root: Path, clock: VirtualClock | None = None) -> Node:
+async def start_node(root: Path, clock: VirtualClock | None = None, kubelet: dict[str, Any] | None = None) -> Node:
+    """An emulator and an agent on one virtual clock; ``kubelet`` adds KubeletConfiguration fields."""
     clock = clock or VirtualClock()
     (root / "manifests").mkdir(exist_ok=True)
     cri_config = CriConfig(pod_cidr=private_pod_cidr())
@@ -138,6 +139,7 @@ async def start_node(root: Path, clock: VirtualClock | None = None) -> Node:
         "containerRuntimeEndpoint": f"unix://{root / 'cri.sock'}", "staticPodPath": str(root / "manifests"),
         "fileCheckFrequency": "5s", "readOnlyPort": port, "address": "127.0.0.1", "healthzPort": 0,
         "podLogsDir": str(root / "pods"), "clusterDNS": ["10.96.0.10"], "clusterDomain": "cluster.local",
+        **(kubelet or {}),
     }, node_name=NODE, root_dir=str(root / "kubelet"))
     agent = Agent(config, clock)
     await agent.start()
