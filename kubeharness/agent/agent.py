@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 import grpc
@@ -39,9 +39,10 @@ from kubeharness import fsafe
 from kubeharness.agent import deadline
 from kubeharness.agent.config.kubelet import AgentConfig
 from kubeharness.agent.events import NORMAL, Recorder
-from kubeharness.agent.logs import ContainerLogManager, LogRotatePolicy
+from kubeharness.agent.eviction.manager import Eviction, EvictionManager
 from kubeharness.agent.gc.containers import ContainerGC
 from kubeharness.agent.gc.images import ImageFs, ImageGC, ImageGCPolicy, cri_image_fs
+from kubeharness.agent.logs import ContainerLogManager, LogRotatePolicy
 from kubeharness.agent.nodestatus.node import NodeStatus
 from kubeharness.agent.pleg.observed import RUNNING
 from kubeharness.agent.pleg.pleg import Pleg
@@ -127,14 +128,22 @@ class Agent:
         self.stats = provider_for(config, self.client, clock)  # what /stats/summary and the eviction manager read
         self.node_status = NodeStatus(config, clock, self.stats.machine_capacity, self.not_ready,
                                       self.runtime_version)
+        self.logs = ContainerLogManager(  # kubelet's container log manager: rotation every monitor interval
+            self.client, clock, LogRotatePolicy(config.container_log_max_size_bytes, config.container_log_max_files),
+            max_workers=config.container_log_max_workers, monitor_interval_s=config.container_log_monitor_interval_s)
         self.container_gc = ContainerGC(self.client, clock, config.pod_logs_dir)
         self.image_gc = ImageGC(self.client, clock, self.recorder, ImageGCPolicy(
             config.image_gc_high_threshold_percent, config.image_gc_low_threshold_percent,
             config.image_minimum_gc_age_s, config.image_maximum_gc_age_s),
             image_fs or cri_image_fs(self.client, clock, config.image_fs_capacity_bytes))
-        self.logs = ContainerLogManager(  # kubelet's container log manager: rotation every monitor interval
-            self.client, clock, LogRotatePolicy(config.container_log_max_size_bytes, config.container_log_max_files),
-            max_workers=config.container_log_max_workers, monitor_interval_s=config.container_log_monitor_interval_s)
+        self.evicted: dict[str, Eviction] = {}  # uid -> how the eviction manager ended it
+        self.eviction = EvictionManager(  # kubelet's eviction manager, every evictionMonitoringPeriod (10 s)
+            [*config.eviction_hard.values(), *config.eviction_soft.values()], clock,
+            summary=lambda: self.stats.summary(), active_pods=self.active_pods, evict=self.evict_pod,
+            cleaned_up=self.pod_cleaned_up, recorder=self.recorder, reclaim_containers=self.reclaim_containers,
+            reclaim_images=self.image_gc.delete_unused, on_conditions=self._pressure,
+            pressure_transition_period_s=config.eviction_pressure_transition_period_s,
+            max_pod_grace_period_s=config.eviction_max_pod_grace_period_s)
         self.probe_metrics = ProbeMetrics()
         self.probes = ProbeManager(Prober(clock, self.client, self.recorder, self.probe_metrics), clock,
                                    self.probe_view, rng=rng)
@@ -189,6 +198,7 @@ class Agent:
                                            (self.probes.liveness, self.probes.readiness, self.probes.startup))]
         loops.append(self.logs.run())  # container log rotation
         loops.append(self.image_gc.run())
+        loops.append(self.eviction.run())
         loops.extend(source.run(self.updates) for source in self.sources)
         self._tasks = [asyncio.ensure_future(loop) for loop in loops]
 
@@ -281,6 +291,11 @@ class Agent:
         for uid, pod in sorted(wanted.items(), key=lambda item: item[1].full_name):
             if uid in self.desired or uid in self.rejected:
                 continue
+            refused = self.eviction.admit(pod)  # kubelet's eviction admit handler comes first
+            if refused is not None:
+                self.rejected[uid] = (pod, *refused)
+                log.warning("rejected pod %s: %s", pod.full_name, refused[1])
+                continue
             if len(self.desired) >= self.config.max_pods:
                 message = (f"Node didn't have enough resource: pods, requested: 1, used: {len(self.desired)}, "
                            f"capacity: {self.config.max_pods}")
@@ -318,6 +333,7 @@ class Agent:
             self.start_ns.pop(uid, None)
             self.deadline_passed.discard(uid)
             self.deadline_timers.discard(uid)
+            self.evicted.pop(uid, None)
             self.terminating.pop(uid, None)
             self.workers.pop(uid, None)
             return True
@@ -326,7 +342,11 @@ class Agent:
         if left is not None and left <= 0 and uid not in self.deadline_passed:
             self.deadline_passed.add(uid)
             self.recorder.record(pod.namespace, pod.name, pod.uid, "", NORMAL, deadline.REASON, deadline.MESSAGE)
-        if uid in self.deadline_passed:
+        evicted = self.evicted.get(uid)
+        if evicted is not None:
+            actions = compute_pod_actions(pod, observed, self.backoff, now, deleting=True,
+                                          grace_period_s=evicted.grace_period_s)
+        elif uid in self.deadline_passed:
             actions = compute_pod_actions(pod, observed, self.backoff, now, deleting=True)
         else:
             actions = compute_pod_actions(pod, observed, self.backoff, now, probe_result=self.probes.result_of)
@@ -347,11 +367,18 @@ class Agent:
         return False
 
     def _status(self, pod: Pod, actions: PodActions | None) -> dict[str, Any]:
+        evicted = self.evicted.get(pod.uid)
         observed = self.runtime.without_post_starting(self.pleg.get(pod.uid))  # hooks under way: not yet running
         return pod_status(pod, observed, now_ns=self.clock.now_ns(),
                           runtime_name=self.runtime_name or "containerd", reasons=self.runtime.reasons.get(pod.uid),
                           actions=actions, previous=self.statuses.get(pod.uid), probes=self.probes,
-                          evicted=(deadline.REASON, deadline.MESSAGE) if pod.uid in self.deadline_passed else None)
+                          evicted=self._ended(pod.uid), disruption=evicted.message if evicted else None)
+
+    def _ended(self, uid: str) -> tuple[str, str] | None:
+        """(reason, message) when the agent ended the pod: evicted, or past its active deadline."""
+        if uid in self.evicted:
+            return "Evicted", self.evicted[uid].message
+        return (deadline.REASON, deadline.MESSAGE) if uid in self.deadline_passed else None
 
     def refresh_status(self, uid: str) -> None:
         """Recompute a desired pod's status from what is known now (a probe result changed)."""
@@ -397,6 +424,33 @@ class Agent:
         if all("running" in c.get("state", {}) for c in status.get("containerStatuses", [])):
             self.metrics.pod_start.observe((now_ns - seen) / 1e9)
             del self.seen_ns[pod.uid]
+
+    # -- eviction ------------------------------------------------------------------------------------------
+
+    def active_pods(self) -> list[Pod]:
+        """Pods the eviction manager may rank: admitted, not ended by the agent, not in a terminal phase."""
+        return [pod for uid, pod in sorted(self.desired.items(), key=lambda item: item[1].full_name)
+                if uid not in self.evicted and uid not in self.deadline_passed
+                and self.statuses.get(uid, {}).get("phase") not in ("Succeeded", "Failed")]
+
+    def evict_pod(self, eviction: Eviction) -> None:
+        """The eviction manager's kill (kubelet's TerminatePodAbnormally): Failed, killed, never started again."""
+        self.evicted[eviction.pod.uid] = eviction
+        self._worker(eviction.pod.uid).request()
+
+    def pod_cleaned_up(self, pod: Pod) -> bool:
+        """Nothing of the pod runs any more: no running container, no ready sandbox."""
+        observed = self.pleg.get(pod.uid)
+        return observed is None or not (any(c.state == RUNNING for c in observed.containers)
+                                        or any(s.ready for s in observed.sandboxes))
+
+    async def reclaim_containers(self) -> None:
+        """Kubelet's DeleteAllUnusedContainers before a disk eviction: one container GC pass now."""
+        await self.container_gc.collect(self.pleg.pods(), self.pod_gone, self.sources_ready())
+
+    def _pressure(self, conditions: Sequence[str]) -> None:
+        for condition in ("MemoryPressure", "DiskPressure", "PIDPressure"):
+            self.node_status.set_pressure(condition, condition in conditions)
 
     # -- housekeeping ----------------------------------------------------------------------------------
 
