@@ -217,6 +217,10 @@ async def test_the_node_object_has_capacity_allocatable_conditions_and_node_info
         await stop_node(node)
 
 
+def _pid_limits() -> list[int]:
+    return [int(Path(p).read_text()) for p in ("/proc/sys/kernel/pid_max", "/proc/sys/kernel/threads-max")]
+
+
 def _meminfo_total() -> int:
     with open("/proc/meminfo") as f:
         for line in f:
@@ -235,8 +239,7 @@ async def test_without_a_capacity_the_host_is_the_node(tmp_path: Path) -> None:
         assert memory["availableBytes"] + memory["workingSetBytes"] == _meminfo_total()
         st = os.statvfs(tmp_path / "kubelet")
         assert found["node"]["fs"]["capacityBytes"] == st.f_blocks * st.f_frsize
-        limits = [int(Path(p).read_text()) for p in ("/proc/sys/kernel/pid_max", "/proc/sys/kernel/threads-max")]
-        assert found["node"]["rlimit"]["maxpid"] == min(limits) and found["node"]["rlimit"]["curproc"] > 0
+        assert found["node"]["rlimit"]["maxpid"] == min(_pid_limits()) and found["node"]["rlimit"]["curproc"] > 0
         image_st = os.statvfs(tmp_path / "state" / "snapshots")  # the emulator's ImageFsInfo mountpoint
         assert found["node"]["runtime"]["imageFs"]["capacityBytes"] == image_st.f_blocks * image_st.f_frsize
         (app,) = pod_of(found, "mem")["containers"]  # the pods' figures are still the runtime's
