@@ -15,7 +15,8 @@ from kubeharness.agent.config.kubelet import AgentConfig
 from kubeharness.clock import VirtualClock
 from kubeharness.emulators.cri.config import CriConfig
 from kubeharness.emulators.cri.server import CriServer
-from tests.test_agent_e2e import NODE, Node, free_port, helper, phase, pod, private_pod_cidr
+from tests.conftest import free_port, private_pod_cidr
+from tests.test_agent_e2e import NODE, Node, helper, phase, pod
 
 pytestmark = pytest.mark.timeout(300)
 
