@@ -13,8 +13,17 @@ from kubeharness.agent.config.kubelet import AgentConfig, ConfigError
 from kubeharness.agent.events import WARNING, Recorder
 from kubeharness.agent.gc import containers as cgc
 from kubeharness.agent.gc import images as igc
-from kubeharness.agent.pleg.observed import CREATED, EXITED, NOTREADY, READY, RUNNING, UNKNOWN, ObservedContainer, \
-    ObservedPod, ObservedSandbox
+from kubeharness.agent.pleg.observed import (
+    CREATED,
+    EXITED,
+    NOTREADY,
+    READY,
+    RUNNING,
+    UNKNOWN,
+    ObservedContainer,
+    ObservedPod,
+    ObservedSandbox,
+)
 from kubeharness.clock import NS_PER_SECOND, VirtualClock
 from kubeharness.wire.cri import api_pb2 as api
 
