@@ -227,6 +227,28 @@ def test_without_sandbox_stats_the_pod_is_the_sum_of_its_running_containers(tmp_
     assert out.node.rlimit is not None and out.node.rlimit.num_of_running_processes == 2  # the sandbox, c1
 
 
+@given(st.lists(st.integers(0, 2**34), max_size=6), st.integers(1, 2**35), st.integers(0, 2**32))
+def test_available_memory_is_the_capacity_minus_every_sandboxs_working_set(
+        working_sets: list[int], capacity: int, images: int) -> None:
+    found = _scrape(T0, image_bytes=images)
+    assert found.sandbox_stats is not None
+    template = found.sandbox_stats[0]
+    stats = []
+    for i, working in enumerate(working_sets):
+        s = api.PodSandboxStats()
+        s.CopyFrom(template)
+        s.attributes.id = f"sb{i}"
+        s.linux.memory.working_set_bytes.value = working
+        stats.append(s)
+    found = RuntimeScrape(T0, found.sandboxes, found.containers, found.container_stats, tuple(stats), found.image_fs)
+    node = EmulatedStats("n", NodeCapacity(memory_bytes=capacity, ephemeral_storage_bytes=2**40), None,  # type: ignore[arg-type]
+                         VirtualClock(T0), "/nonexistent-logs").from_scrape(found).node
+    assert node.memory is not None and node.memory.working_set_bytes == sum(working_sets)
+    assert node.memory.available_bytes == max(0, capacity - sum(working_sets))
+    assert node.fs is not None and node.fs.used_bytes == images + 11 * MiB  # no logs; both writable layers
+    assert node.rlimit is not None and node.rlimit.num_of_running_processes == 2 * len(working_sets)
+
+
 def test_memory_available_never_goes_below_zero(tmp_path: Path) -> None:
     provider = _emulated(tmp_path, NodeCapacity(memory_bytes=32 * MiB, ephemeral_storage_bytes=MiB))
     node = provider.from_scrape(_scrape(T0)).node

@@ -248,3 +248,19 @@ async def test_without_a_capacity_the_host_is_the_node(tmp_path: Path) -> None:
         assert obj["status"]["capacity"]["cpu"] == str(os.cpu_count())
     finally:
         await stop_node(node)
+
+
+async def test_without_pod_cgroups_the_runtime_refuses_sandbox_stats_and_pods_are_their_containers(
+        tmp_path: Path) -> None:
+    node = await start(tmp_path, cgroupsPerQOS=False)  # no cgroup parent: the emulator, as containerd 1.6, refuses
+    try:
+        node.write("mem", pod("mem", helper("app", "--memory-mib=8")))
+        await running(node, "mem")
+        found = await summary(node)
+        mem = pod_of(found, "mem")
+        working = 8 * MiB + BASE_MEMORY_BYTES
+        assert mem["memory"]["workingSetBytes"] == working and "process_stats" not in mem
+        assert found["node"]["memory"]["availableBytes"] == MEMORY - working
+        assert found["node"]["rlimit"]["curproc"] == 2  # the ready sandbox and the running container
+    finally:
+        await stop_node(node)
