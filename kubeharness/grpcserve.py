@@ -64,9 +64,11 @@ class Around(Protocol):
     ) -> AsyncIterator[Any]: ...
 
 
-# A status message travels percent-encoded in the trailing metadata, which clients cap (gRPC's default
-# hard limit is 16 KiB): a longer one would reach the client as RESOURCE_EXHAUSTED instead of its code.
-MAX_DETAILS_ENCODED = 8192
+# A status message travels percent-encoded in the trailing metadata, which clients cap: gRPC's default soft
+# limit is 8 KiB for all of it (beyond it a call is refused with a growing probability, up to the 16 KiB hard
+# limit), so a longer one could reach the client as RESOURCE_EXHAUSTED instead of its code. 4 KiB leaves room
+# for the other trailers.
+MAX_DETAILS_ENCODED = 4096
 
 
 def _encoded_length(char: str) -> int:
