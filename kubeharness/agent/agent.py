@@ -47,6 +47,7 @@ from kubeharness.agent.nodestatus.node import NodeStatus
 from kubeharness.agent.pleg.observed import RUNNING
 from kubeharness.agent.pleg.pleg import Pleg
 from kubeharness.agent.pod.model import Pod
+from kubeharness.agent.podworker import RETRY_INITIAL_S, RETRY_MAX_S, PodWorker
 from kubeharness.agent.prober.manager import ProbeManager
 from kubeharness.agent.prober.metrics import ProbeMetrics
 from kubeharness.agent.prober.prober import Prober
@@ -60,7 +61,7 @@ from kubeharness.agent.runtime.kuberuntime import PodRuntime
 from kubeharness.agent.server import endpoints
 from kubeharness.agent.server.httpserver import HttpServer, Route
 from kubeharness.agent.server.metrics import Registry
-from kubeharness.agent.sources.static import FileSource, HttpSource, PodSource, SourceUpdate
+from kubeharness.agent.sources.static import PodSource, SourceUpdate, configured_sources
 from kubeharness.agent.stats.provider import provider_for
 from kubeharness.agent.status.podstatus import RUNNING_PHASE, pod_status
 from kubeharness.clock import Clock, seconds_to_ns
@@ -70,45 +71,6 @@ from kubeharness.wire.cri import api_pb2 as api
 log = logging.getLogger(__name__)
 
 HOUSEKEEPING_PERIOD_S = 2.0
-RETRY_INITIAL_S, RETRY_MAX_S = 0.5, 10.0
-
-
-class PodWorker:
-    """Serializes the work of one pod."""
-
-    def __init__(self, agent: Agent, uid: str) -> None:
-        self.agent = agent
-        self.uid = uid
-        self.mark = -1  # PLEG relists begun before our last action; we wait for a newer one
-        self.wake = asyncio.Event()
-        self.wake.set()
-        self.task = asyncio.ensure_future(self.run())
-
-    def request(self) -> None:
-        self.wake.set()
-
-    def request_in(self, seconds: float) -> None:
-        """Wake after ``seconds`` on the agent's clock (a backoff ending)."""
-        self.agent.clock.call_at(self.agent.clock.now_ns() + seconds_to_ns(seconds), self.wake.set)
-
-    async def run(self) -> None:
-        retry = RETRY_INITIAL_S
-        while True:
-            await self.wake.wait()
-            self.wake.clear()
-            try:
-                if await self.agent.sync_pod(self):
-                    return
-                retry = RETRY_INITIAL_S
-            except grpc.aio.AioRpcError as err:
-                log.warning("pod %s: runtime call failed (%s: %s); retrying in %.1f s", self.uid,
-                            err.code().name, err.details(), retry)
-                self.request_in(retry)
-                retry = min(retry * 2, RETRY_MAX_S)
-            except Exception:
-                log.exception("pod %s: sync failed", self.uid)
-                self.request_in(retry)
-                retry = min(retry * 2, RETRY_MAX_S)
 
 
 class Agent:
@@ -147,7 +109,7 @@ class Agent:
         self.probe_metrics = ProbeMetrics()
         self.probes = ProbeManager(Prober(clock, self.client, self.recorder, self.probe_metrics), clock,
                                    self.probe_view, rng=rng)
-        self.sources = sources if sources is not None else self._configured_sources()
+        self.sources = sources if sources is not None else configured_sources(config, clock)
         self.updates: asyncio.Queue[SourceUpdate] = asyncio.Queue()
         self.by_source: dict[str, dict[str, Pod]] = {}
         self.desired: dict[str, Pod] = {}  # uid -> pod admitted to run
@@ -164,16 +126,6 @@ class Agent:
         self._version: asyncio.Future[api.VersionResponse] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.servers: list[HttpServer] = []
-
-    def _configured_sources(self) -> list[PodSource]:
-        found: list[PodSource] = []
-        if self.config.static_pod_path:
-            found.append(FileSource(self.config.static_pod_path, self.config.node_name, self.clock,
-                                    self.config.file_check_frequency_s))
-        if self.config.static_pod_url:
-            found.append(HttpSource(self.config.static_pod_url, self.config.node_name, self.clock,
-                                    self.config.http_check_frequency_s, headers=self.config.static_pod_url_header))
-        return found
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 

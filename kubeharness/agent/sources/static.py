@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from kubeharness.agent.config.kubelet import AgentConfig
 from kubeharness.agent.pod.defaults import FILE_SOURCE, HTTP_SOURCE, ManifestError, pods_from_manifest, with_seen
 from kubeharness.agent.pod.model import Pod
 from kubeharness.clock import Clock, seconds_to_ns
@@ -297,3 +298,14 @@ def _is_loopback(url: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def configured_sources(config: AgentConfig, clock: Clock) -> list[PodSource]:
+    """The sources a KubeletConfiguration names: staticPodPath and staticPodURL."""
+    found: list[PodSource] = []
+    if config.static_pod_path:
+        found.append(FileSource(config.static_pod_path, config.node_name, clock, config.file_check_frequency_s))
+    if config.static_pod_url:
+        found.append(HttpSource(config.static_pod_url, config.node_name, clock, config.http_check_frequency_s,
+                                headers=config.static_pod_url_header))
+    return found
