@@ -21,6 +21,7 @@ from kubeharness.agent.config.kubelet import AgentConfig
 from kubeharness.clock import VirtualClock
 from kubeharness.emulators.cri.config import CriConfig
 from kubeharness.emulators.cri.server import CriServer
+from kubeharness.faults import FaultEngine
 from kubeharness.wire.cri import api_pb2 as api
 from kubeharness.wire.cri import api_pb2_grpc as api_grpc
 from tests.conftest import free_port, private_pod_cidr
@@ -126,12 +127,14 @@ def container(pods: dict[str, dict[str, Any]], name: str, index: int = 0, init: 
     return statuses[index] if len(statuses) > index else {}
 
 
-async def start_node(root: Path, clock: VirtualClock | None = None, kubelet: dict[str, Any] | None = None) -> Node:
-    """An emulator and an agent on one virtual clock; ``kubelet`` adds KubeletConfiguration fields."""
+async def start_node(root: Path, clock: VirtualClock | None = None, kubelet: dict[str, Any] | None = None,
+                     faults: FaultEngine | None = None) -> Node:
+    """An emulator (with ``faults``, if given) and an agent on one virtual clock; ``kubelet`` adds
+    KubeletConfiguration fields."""
     clock = clock or VirtualClock()
     (root / "manifests").mkdir(exist_ok=True)
     cri_config = CriConfig(pod_cidr=private_pod_cidr())
-    cri = CriServer(str(root / "cri.sock"), root / "state", cri_config, clock)
+    cri = CriServer(str(root / "cri.sock"), root / "state", cri_config, clock, faults)
     await cri.start()
     port = free_port()
     config = AgentConfig.from_dict({

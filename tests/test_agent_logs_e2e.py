@@ -9,6 +9,7 @@ in order, with none missing: every line that is not in a file removed as the old
 
 from __future__ import annotations
 
+import asyncio
 import calendar
 import gzip
 import re
@@ -18,6 +19,9 @@ from typing import Any
 
 from kubeharness.agent.logs import files
 from kubeharness.agent.logs.rotation import TIMESTAMP_FORMAT, all_logs
+from kubeharness.clock import VirtualClock
+from kubeharness.faults import FaultEngine
+from kubeharness.faults.plan import load_plan
 from tests.test_agent_e2e import Node, helper, phase, pod, start_node, stop_node
 
 ROTATED = re.compile(r"^0\.log\.(\d{8}-\d{6})(\.gz)?$")
@@ -75,11 +79,31 @@ async def run_until_logged(node: Node, name: str, counts: dict[str, int], extra_
     while True:
         dirs = {ctr: log_dir(node, name, ctr) for ctr in counts} if all(
             list((node.root / "pods").glob(f"default_{name}-*/{ctr}")) for ctr in counts) else {}
-        if dirs and all(lines(d)[-1:] == [counts[ctr]] for ctr, d in dirs.items()):
+        if dirs and all(last_line(d) == counts[ctr] for ctr, d in dirs.items()):
             break
         assert (node.clock.now_ns() - started) / 1e9 < max(counts.values()) / 50 + 60, "the lines were not all written"
         await node.advance(3, step_s=1.0)
     await node.advance(extra_s, step_s=1.0)  # passes after the last line: a last rotation, then none
+    await idle(node)
+
+
+async def idle(node: Node) -> None:
+    """Wait (real time) for a log rotation pass under way to finish: its runtime calls are real I/O."""
+    deadline = time.monotonic() + 30
+    while node.agent.logs.busy:
+        assert time.monotonic() < deadline, "a log rotation pass did not finish"
+        await asyncio.sleep(0.01)
+
+
+def last_line(directory: Path) -> int | None:
+    """The number of the last line written (in the live file, or in the rotated one when the live file is new);
+    None while there is none, or while a file is between its rename and the runtime's reopen (or between
+    its compression and its removal): a pass is under way while the test looks."""
+    try:
+        found = lines(directory)
+    except FileNotFoundError:
+        return None
+    return found[-1] if found else None
 
 
 async def test_rotation_leaves_kubelets_files_and_every_remaining_line_once(tmp_path: Path) -> None:
@@ -94,6 +118,7 @@ async def test_rotation_leaves_kubelets_files_and_every_remaining_line_once(tmp_
         most = 0
         for _ in range(40):  # while it logs: never more than maxFiles files in use
             await node.advance(3, step_s=1.0)
+            await idle(node)
             in_use = all_logs(str(d / "0.log"), files.siblings(str(d / "0.log")))
             most = max(most, len(in_use))
             assert len(in_use) <= 3, in_use
@@ -136,5 +161,30 @@ async def test_a_negative_max_size_turns_rotation_off(tmp_path: Path) -> None:
         assert sorted(p.name for p in d.iterdir()) == ["0.log"]
         assert (d / "0.log").stat().st_size > 5 * 64 * 1024
         assert lines(d) == list(range(1, 1501))
+    finally:
+        await stop_node(node)
+
+
+async def test_failed_reopens_rename_the_log_back_and_lose_no_line(tmp_path: Path) -> None:
+    clock = VirtualClock()
+    plan = load_plan("""
+rules:
+  - {name: no-reopen, where: cri, method: ReopenContainerLog, action: {error: {code: UNKNOWN}}, when: {first: 3}}
+""")
+    engine = FaultEngine(plan, clock)
+    node = await start_node(tmp_path, clock, kubelet=kubelet("64Ki", 20), faults=engine)
+    try:
+        node.write("stubborn", pod("stubborn", helper("app", "--log-rate=100", "--log-line-bytes=200",
+                                                      "--log-count=4000")))
+        await node.until(lambda p: phase(p, "stubborn") == "Running")
+        d = log_dir(node, "stubborn", "app")
+        await node.advance(9, step_s=1.0)  # three passes over the size, each reopen refused: renamed back
+        await idle(node)
+        assert sorted(p.name for p in d.iterdir()) == ["0.log"]
+        assert (d / "0.log").stat().st_size > 2 * 64 * 1024
+        await run_until_logged(node, "stubborn", {"app": 4000})
+        plain, gz = shape(d)
+        assert len(plain) == 1 and len(gz) >= 2, (plain, gz)
+        assert lines(d) == list(range(1, 4001))
     finally:
         await stop_node(node)

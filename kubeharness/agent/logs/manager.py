@@ -67,6 +67,11 @@ class ContainerLogManager:
         self._compress = compress or _compress_in_thread
         self._lock = asyncio.Lock()  # a pass and a clean do not overlap (kubelet's mutex)
 
+    @property
+    def busy(self) -> bool:
+        """A pass (or a clean) is under way: files may be between their rename and the runtime's reopen."""
+        return self._lock.locked()
+
     async def run(self) -> None:
         """Rotate every ``monitor_interval_s`` until cancelled; nothing at all when rotation is off."""
         if not self.policy.enabled:
