@@ -333,6 +333,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench_agent.add_argument("--probe-kill-pods", type=int, default=10,
                              help="of those, pods whose liveness is made to fail, to time the kill")
     bench_agent.add_argument("--probe-seconds", type=float, default=30.0, help="seconds phase 3 is measured")
+    bench_agent.add_argument("--resource-pods", type=int, default=110,
+                             help="pods logging under rotation, plus one evicted, in phase 4 (0: none)")
+    bench_agent.add_argument("--resource-seconds", type=float, default=60.0, help="seconds phase 4 is measured")
+    bench_agent.add_argument("--log-rate", type=float, default=200.0, help="lines per second of each pod in phase 4")
+    bench_agent.add_argument("--log-line-bytes", type=int, default=256,
+                             help="phase 4's lines padded to this many bytes (0: unpadded, about 20)")
+    bench_agent.add_argument("--log-max-size", default="1Mi", help=argparse.SUPPRESS)  # containerLogMaxSize
+    bench_agent.add_argument("--log-monitor-interval", default="10s", help=argparse.SUPPRESS)
     bench_agent.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each phase")
     bench_agent.add_argument("--compare-timeout", type=float, default=600.0,
                              help="seconds to wait for each phase against --compare-endpoint")

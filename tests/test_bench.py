@@ -166,7 +166,7 @@ def test_agent_bench_helpers_parse_what_the_agent_serves() -> None:
 
 def test_bench_agent_against_an_emulator_it_starts(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["bench", "agent", "--pods", "5", "--idle-pods", "6", "--idle-seconds", "1", "--probe-pods", "4",
-            "--probe-kill-pods", "2", "--probe-seconds", "12"]
+            "--probe-kill-pods", "2", "--probe-seconds", "12", "--resource-pods", "0"]
     assert build_parser().parse_args(argv).endpoint is None  # no endpoint: the bench spawns an emulator
     assert cli_main(argv) == 0
     out = capsys.readouterr().out
@@ -199,3 +199,66 @@ def test_bench_agent_against_an_emulator_it_starts(capsys: pytest.CaptureFixture
     assert re.search(r"^target \(emulator\) idle agent CPU <= 5% of one core: (met|NOT met) \([\d.]+%\)$", out,
                      re.MULTILINE)
     assert "FAILED" not in out
+
+
+def test_bench_agent_resources_phase_loses_no_line_and_times_the_eviction(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["bench", "agent", "--pods", "1", "--idle-pods", "1", "--idle-seconds", "1", "--probe-pods", "0",
+            "--probe-kill-pods", "0", "--resource-pods", "3", "--resource-seconds", "10", "--log-max-size", "64Ki",
+            "--log-monitor-interval", "3s"]
+    assert cli_main(argv) == 0
+    out = capsys.readouterr().out
+    head = re.search(r"^phase 4: 3 pods logging 200 lines/s each \(256 bytes a line; containerLogMaxSize 64Ki, "
+                     r"maxFiles 5, monitor every 3s\), all Running [\d.]+ s after the manifests: agent CPU [\d.]+ s "
+                     r"in ([\d.]+) s = [\d.]+% of one core \(target <= 15%\)$", out, re.MULTILINE)
+    assert head is not None and float(head.group(1)) >= 10, out
+    lines = re.search(r"^  lines: (\d+) due by the cut-off, (\d+) found, (\d+) lost \(target 0\), (\d+) retired by "
+                      r"maxFiles, (\d+) duplicates, (\d+) not numbered; rotated files per container: min (\d+), "
+                      r"max (\d+)$", out, re.MULTILINE)
+    assert lines is not None, out
+    due, found, lost, retired, duplicates, foreign, fewest, most = (int(g) for g in lines.groups())
+    assert due >= 3 * 200 * 10 and found + retired >= due, out  # 10 s of three pods at 200 lines/s at least
+    assert (lost, duplicates, foreign) == (0, 0, 0), out
+    assert 1 <= fewest <= most <= 4, out  # 64Ki fills in about 1.3 s: every pass of the 3 s monitor rotates
+    delay = re.search(r"^  eviction: hog at 512 MiB/s, memory.available under 2Gi to the hog's stop (-?[\d.]+) s "
+                      r"\(target <= 11 s: monitoring period 10 s \+ 1 s\)$", out, re.MULTILINE)
+    assert delay is not None and -0.5 < float(delay.group(1)) < 25, out  # never before the crossing
+    assert re.search(r"^target \(emulator\) log lines lost 0: met \(0\)$", out, re.MULTILINE), out
+    assert re.search(r"^target \(emulator\) resources phase agent CPU <= 15% of one core: (met|NOT met) "
+                     r"\([\d.]+%\)$", out, re.MULTILINE), out
+    assert "FAILED" not in out
+
+
+def test_resources_phase_counts_lines_lost_retired_and_late(tmp_path: Path) -> None:
+    import gzip
+
+    from kubeharness.bench.agentresources import count_lines, due_by, read_log_files
+    from kubeharness.emulators.cri.logs import encode_line
+
+    start, rate = 1_000_000_000_000, 200.0
+    assert due_by(start, rate, start - 1) == 0
+    assert due_by(start, rate, start) == 1  # line 1 is due at the start
+    assert due_by(start, rate, start + 4_999_999) == 1 and due_by(start, rate, start + 5_000_000) == 2
+    assert due_by(start, 3.0, start + 1_000_000_000) == 4  # at 0, 1/3, 2/3 and 1 s (int() of 333333333.3)
+
+    def lines(numbers: range | list[int], pod: str = "p") -> bytes:
+        return b"".join(encode_line(start + (n - 1) * 5_000_000, "stdout", f"{pod} {n} xx".encode()) for n in numbers)
+
+    log = tmp_path / "0.log"
+    (tmp_path / "0.log.20260101-000000.gz").write_bytes(gzip.compress(lines(range(1, 11))))
+    (tmp_path / "0.log.20260101-000010").write_bytes(lines(range(11, 21)))
+    (tmp_path / "0.log.20260101-000010.gz").write_bytes(gzip.compress(lines(range(11, 21))))  # compressed, not gone
+    (tmp_path / "0.log.20260101-000020.tmp").write_bytes(b"half")
+    log.write_bytes(lines(range(21, 31)) + lines([5], "other"))
+    contents, files, rotated = read_log_files(str(log))
+    assert (files, rotated) == (3, 2)  # the plain file beside its .gz and the .tmp are not read
+    cutoff = start + 29 * 5_000_000  # line 30 due
+    whole = count_lines("p", contents, start, rate, cutoff, 5, files, rotated)
+    assert (whole.due, whole.found, whole.lost, whole.duplicates, whole.foreign) == (30, 30, 0, 0, 1)
+    late = count_lines("p", contents, start, rate, cutoff + 10 * 5_000_000, 5, files, rotated)
+    assert (late.tail, late.lost) == (10, 10)  # due by the cut-off and not there: lost
+    gap = count_lines("p", [lines([*range(3, 8), *range(10, 31)])], start, rate, cutoff, 5, 5, 4)
+    assert (gap.gaps, gap.head, gap.retired, gap.lost) == (2, 2, True, 2)  # the head went with maxFiles
+    head = count_lines("p", [lines(range(3, 31))], start, rate, cutoff, 5, 3, 2)
+    assert (head.head, head.retired, head.lost) == (2, False, 2)  # fewer than maxFiles files: nothing retired
+    twice = count_lines("p", [lines(range(1, 31)), lines([30])], start, rate, cutoff, 5, 1, 0)
+    assert (twice.duplicates, twice.lost) == (1, 0)

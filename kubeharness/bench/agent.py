@@ -48,6 +48,7 @@ from kubeharness.bench.agentphases import (
     watch_until_running,
 )
 from kubeharness.bench.agentprobes import ProbeRun, bench_probes, probe_lines
+from kubeharness.bench.agentresources import ResourceRun, bench_resources, resource_lines, resource_targets
 from kubeharness.bench.emulator import SpawnedEmulator
 from kubeharness.bench.errors import BenchError
 from kubeharness.bench.procstat import sample
@@ -76,6 +77,7 @@ class Run:
     calls: dict[str, tuple[int, float]] = field(default_factory=dict)  # CRI operation -> (count, seconds), phase 1
     startup_cpu_s: tuple[float, float] = (0.0, 0.0)  # CPU of the agent and of the runtime (if known) in phase 1
     probes: ProbeRun | None = None  # phase 3
+    resources: ResourceRun | None = None  # phase 4
     added: Startup | None = None
     idle: Idle | None = None
     cleanup: Cleanup = field(default_factory=Cleanup)
@@ -183,6 +185,9 @@ async def bench_runtime(run: Run, options: argparse.Namespace, timeout_s: float,
         run.probes, problems = await bench_probes(run.endpoint, options.probe_pods, options.probe_kill_pods,
                                                   options.probe_seconds, timeout_s)
         run.problems.extend(problems)
+    if options.resource_pods and not run.problems:
+        run.resources, problems = await bench_resources(run.endpoint, options, timeout_s)
+        run.problems.extend(problems)
 
 
 # -- report -------------------------------------------------------------------------------------------
@@ -246,6 +251,8 @@ def run_lines(run: Run) -> list[str]:
                  f"agent after {removed}; {c.swept} swept through CRI, {c.left} left")
     if run.probes is not None:
         lines += probe_lines(run.probes)
+    if run.resources is not None:
+        lines += resource_lines(run.resources)
     return lines + [f"FAILED {p}" for p in run.problems]
 
 
@@ -261,8 +268,9 @@ def target_lines(run: Run) -> list[str]:
     percent = Idle.percent(run.idle.agent_cpu_s, run.idle.wall_s) if run.idle else None
     idle = ("NOT met (not measured)" if percent is None else
             f"{'met' if percent <= TARGET_IDLE_CPU_PERCENT else 'NOT met'} ({percent:.1f}%)")
+    resources = resource_targets(run.resources, run.label) if run.resources is not None else []
     return [f"target ({run.label}) startup p99 <= {TARGET_P99_MS:g} ms: {startup}",
-            f"target ({run.label}) idle agent CPU <= {TARGET_IDLE_CPU_PERCENT:g}% of one core: {idle}"]
+            f"target ({run.label}) idle agent CPU <= {TARGET_IDLE_CPU_PERCENT:g}% of one core: {idle}", *resources]
 
 
 def comparison_lines(runs: list[Run]) -> list[str]:
@@ -300,6 +308,10 @@ def check(options: argparse.Namespace) -> None:
     if options.probe_pods < 0 or not 0 <= options.probe_kill_pods <= options.probe_pods or options.probe_seconds <= 0:
         raise BenchError("--probe-pods and --probe-seconds must be positive (0 pods: no probes phase), "
                          "--probe-kill-pods at most --probe-pods")
+    if options.resource_pods < 0 or options.resource_seconds <= 0 or options.log_rate <= 0 \
+            or options.log_line_bytes < 0:
+        raise BenchError("--resource-pods must be at least 0 (0: no resources phase), --resource-seconds and "
+                         "--log-rate positive, --log-line-bytes at least 0")
     if options.idle_seconds <= 0 or options.timeout <= 0 or options.compare_timeout <= 0:
         raise BenchError("--idle-seconds, --timeout and --compare-timeout must be positive")
 

@@ -142,8 +142,10 @@ class SpawnedAgent(SpawnedEmulator):
 
     what = "the agent"
 
-    def __init__(self, root: Path, endpoint: str, max_pods: int = DEFAULT_MAX_PODS) -> None:
+    def __init__(self, root: Path, endpoint: str, max_pods: int = DEFAULT_MAX_PODS,
+                 extra_config: dict[str, Any] | None = None) -> None:
         super().__init__(root)
+        self.extra_config = dict(extra_config or {})  # more KubeletConfiguration fields, over the ones below
         self.runtime_endpoint = endpoint
         self.max_pods = max(max_pods, DEFAULT_MAX_PODS)
         self.config_path = root / "kubelet.json"
@@ -164,7 +166,7 @@ class SpawnedAgent(SpawnedEmulator):
             "containerRuntimeEndpoint": self.runtime_endpoint, "staticPodPath": str(self.manifests),
             "fileCheckFrequency": "20s", "readOnlyPort": self.port, "address": "127.0.0.1", "healthzPort": 0,
             "podLogsDir": str(self.root / "pods"), "maxPods": self.max_pods,
-            "clusterDNS": ["10.96.0.10"], "clusterDomain": "cluster.local"}))
+            "clusterDNS": ["10.96.0.10"], "clusterDomain": "cluster.local", **self.extra_config}))
         super().start()
 
     async def wait_ready(self, timeout_s: float) -> None:
