@@ -284,7 +284,7 @@ def test_bench_agent_runs_pods_on_containerd_and_leaves_none(env: tuple[Path, st
     _, endpoint = env
     done = kubeharness("bench", "agent", "--endpoint", endpoint, "--pods", "3", "--idle-pods", "3",
                        "--idle-seconds", "1", "--timeout", "120", "--probe-pods", "2", "--probe-kill-pods", "1",
-                       "--probe-seconds", "10")
+                       "--probe-seconds", "10", "--resource-pods", "0")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert re.search(r"^== containerd: containerd ", done.stdout, re.MULTILINE), done.stdout
     assert re.search(r"^phase 1: 3 pods written at once: 3/3 Running ", done.stdout, re.MULTILINE), done.stdout
