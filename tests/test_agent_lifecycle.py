@@ -35,6 +35,7 @@ from kubeharness.faults import FaultEngine, load_plan
 from kubeharness.wire.cri import api_pb2 as api
 from tests import test_agent_e2e as e2e
 from tests.conftest import CriHarness, free_port, private_pod_cidr
+from tests.promtext import value
 
 POD_NAME = 'Pod "web_default(uid-1)"'
 
@@ -370,7 +371,7 @@ async def test_a_post_start_exec_runs_before_the_container_counts_as_running(age
     assert e2e.container(pods, "hooked")["restartCount"] == 0
     assert await pod_events(agent_node, "hooked") == []
     text = (await e2e.http_get(agent_node.port, "/metrics"))[1].decode()
-    assert 'kubelet_runtime_operations_total{operation_type="exec_sync"} 1' in text
+    assert value(text, "kubelet_runtime_operations_total", operation_type="exec_sync") == 1
 
 
 async def test_a_post_start_sleep_holds_the_container_back_from_running(agent_node: e2e.Node) -> None:

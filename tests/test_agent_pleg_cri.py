@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
 
 from kubeharness.agent.pleg.pleg import CONTAINER_DIED, CONTAINER_REMOVED, CONTAINER_STARTED, Pleg
 from kubeharness.agent.pod import labels
@@ -19,6 +20,7 @@ from kubeharness.emulators.cri.config import CriConfig
 from kubeharness.faults import FaultEngine, load_plan
 from kubeharness.wire.cri import api_pb2 as api
 from tests.conftest import CriHarness, eventually
+from tests.promtext import value
 
 UID = "uid-web"
 
@@ -47,7 +49,9 @@ class Node:
         return sid, cid
 
     def status_calls(self) -> float:
-        return self.client.metrics.operations.values.get((("operation_type", "container_status"),), 0.0)
+        found = value(generate_latest(self.client.metrics.registry), "kubelet_runtime_operations_total",
+                      operation_type="container_status")
+        return found or 0.0
 
 
 async def start_node(tmp_path: Path, plan: str = "rules: []") -> Node:

@@ -38,6 +38,7 @@ from kubeharness.clock import RealClock
 from kubeharness.wire.cri import api_pb2 as api
 from kubeharness.wire.cri import api_pb2_grpc as api_grpc
 from tests.conftest import containerd_env, free_port
+from tests.promtext import matching
 from tests.test_agent_e2e import NODE, container, helper, http_get, pod
 
 pytestmark = [pytest.mark.xdist_group("containerd"), pytest.mark.asyncio(loop_scope="module"),
@@ -74,6 +75,11 @@ def refused(pods: Pods, name: str, port: int, path: str = "/healthz") -> str:
     """The readiness failure of an HTTP probe that came before the container listened (kubelet's text)."""
     ip = pods[f"{name}-{NODE}"]["status"]["podIP"]
     return f'Readiness probe failed: Get "http://{ip}:{port}{path}": dial tcp {ip}:{port}: connect: connection refused'
+
+
+def seen(metrics: list[dict[str, str]], **labels: str) -> bool:
+    """Whether one of ``metrics`` (label sets) has all of ``labels``."""
+    return any(labels.items() <= m.items() for m in metrics)
 
 
 def running(status: dict[str, Any]) -> bool:
@@ -211,11 +217,13 @@ class RealNode:
         assert status == 200
         return [e for e in json.loads(body)["items"] if e["involvedObject"]["name"] == f"{name}-{NODE}"]
 
-    async def probe_metrics(self, name: str) -> list[str]:
+    async def probe_metrics(self, name: str) -> list[dict[str, str]]:
+        """The label sets of pod ``name``'s ``prober_probe_total`` series (each counted at least once)."""
         status, body = await http_get(self.port, "/metrics/probes")
         assert status == 200
-        return [line for line in body.decode().splitlines()
-                if line.startswith("prober_probe_total{") and f'pod="{name}-{NODE}"' in line]
+        found = matching(body, "prober_probe_total", pod=f"{name}-{NODE}")
+        assert all(s.value >= 1 for s in found), found
+        return [s.labels for s in found]
 
     async def cri_leftovers(self, name: str | None = None) -> list[str]:
         """This module's sandboxes and containers (of pod ``name``, else of every pod) containerd still has."""
@@ -309,8 +317,8 @@ async def test_a_failing_exec_liveness_probe_restarts_the_container(node: RealNo
     assert [e["message"] for e in unhealthy] == ["Liveness probe failed: unhealthy\n"]
     assert unhealthy[0]["count"] >= 3 and unhealthy[0]["type"] == "Warning"
     metrics = await node.probe_metrics("live")
-    assert any('probe_type="Liveness",result="failed",container="app"' in m for m in metrics), metrics
-    assert any('probe_type="Liveness",result="successful",container="app"' in m for m in metrics), metrics
+    assert seen(metrics, probe_type="Liveness", result="failed", container="app"), metrics
+    assert seen(metrics, probe_type="Liveness", result="successful", container="app"), metrics
     node.measure("live", "deleted_after_s", await node.delete("live"))
 
 
@@ -364,10 +372,10 @@ async def test_a_tcp_startup_probe_gates_liveness_until_it_succeeds(node: RealNo
     # liveness runs from the start on (threshold 1): a while later it has probed and never failed
     await node.until(lambda p: True, "a few seconds of liveness probes", since=first_started + 4)
     metrics = await node.probe_metrics("slow")
-    assert any('probe_type="Startup",result="failed"' in m for m in metrics), metrics
-    assert any('probe_type="Startup",result="successful"' in m for m in metrics), metrics
-    assert any('probe_type="Liveness",result="successful"' in m for m in metrics), metrics
-    assert not any('probe_type="Liveness",result="failed"' in m for m in metrics), metrics
+    assert seen(metrics, probe_type="Startup", result="failed"), metrics
+    assert seen(metrics, probe_type="Startup", result="successful"), metrics
+    assert seen(metrics, probe_type="Liveness", result="successful"), metrics
+    assert not seen(metrics, probe_type="Liveness", result="failed"), metrics
     assert container(node.latest(), "slow")["restartCount"] == 0
     evs = await node.events("slow")
     assert not [e for e in evs if e["reason"] == "Killing"]
@@ -396,7 +404,7 @@ async def test_a_failing_grpc_liveness_probe_restarts_the_container(node: RealNo
         not_serving, f'Liveness probe failed: timeout: failed to connect service "{address}" within 5s: '
                      'context deadline exceeded'}, failed
     metrics = await node.probe_metrics("grpc")
-    assert any('probe_type="Liveness",result="successful"' in m for m in metrics), metrics
+    assert seen(metrics, probe_type="Liveness", result="successful"), metrics
     node.measure("grpc", "deleted_after_s", await node.delete("grpc"))
 
 

@@ -1,11 +1,10 @@
 """Units of the stats package and the Node object: the Summary's JSON field by field, the emulated node's
-arithmetic from one scrape of the runtime, the host figures' parsers, Go's float format in the resource
-metrics, allocatable, the pressure conditions and the capacity block's errors."""
+arithmetic from one scrape of the runtime, the host figures' parsers, the resource metrics' samples and stamps,
+allocatable, the pressure conditions and the capacity block's errors."""
 
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from kubeharness.agent.nodestatus.node import DISK_PRESSURE, NodeStatus, allocat
 from kubeharness.agent.stats import host
 from kubeharness.agent.stats.cri import CpuRates, RuntimeScrape, disk_usage
 from kubeharness.agent.stats.emulated import EmulatedStats
-from kubeharness.agent.stats.summary import go_float, resource_metrics, rfc3339, summary_json
+from kubeharness.agent.stats.summary import resource_metrics, rfc3339, summary_json
 from kubeharness.agent.stats.types import (
     ContainerStats,
     CpuStats,
@@ -33,6 +32,7 @@ from kubeharness.agent.stats.types import (
 )
 from kubeharness.clock import VirtualClock
 from kubeharness.wire.cri import api_pb2 as api
+from tests.promtext import parse
 
 NS = 1_000_000_000
 T0 = 1_767_225_600 * NS  # 2026-01-01T00:00:00Z
@@ -88,47 +88,49 @@ def test_rfc3339_is_to_the_second_in_utc() -> None:
 # ---- /metrics/resource
 
 
-@pytest.mark.parametrize(("value", "text"), [
-    (0, "0"), (1, "1"), (110, "110"), (0.25, "0.25"), (999999, "999999"), (1e6, "1e+06"),
-    (67633152, "6.7633152e+07"), (1234567, "1.234567e+06"), (0.0001, "0.0001"), (0.00001, "1e-05"),
-    (-2.5, "-2.5"), (1.5e-7, "1.5e-07"), (123456.789, "123456.789"), (math.inf, "+Inf")])
-def test_go_float_writes_values_as_go_does(value: float, text: str) -> None:
-    assert go_float(value) == text
+def samples(text: bytes) -> list[tuple[str, dict[str, str], float, int | None]]:
+    """(name, labels, value, stamp in ms) of every sample, as prometheus_client's parser reads them."""
+    return [(s.name, s.labels, s.value, None if s.timestamp is None else round(float(s.timestamp) * 1000))
+            for s in parse(text)]
 
 
-@given(st.floats(allow_nan=False, allow_infinity=False))
-def test_go_float_round_trips_and_uses_an_exponent_exactly_outside_1e_4_to_1e6(value: float) -> None:
-    text = go_float(value)
-    assert float(text) == value
-    magnitude = abs(value)
-    assert ("e" in text) == (magnitude != 0 and (magnitude < 1e-4 or magnitude >= 1e6))
-
-
-def test_resource_metrics_lines_as_kubelets_collector_writes_them() -> None:
+def test_resource_metrics_as_kubelets_collector_writes_them() -> None:
     c = ContainerStats("app", T0 - NS, cpu=CpuStats(T0 + 5_000_000, usage_core_nano_seconds=1_500_000_000),
                        memory=MemoryStats(T0, working_set_bytes=2048))
     pod = PodStats(PodReference("web", "ns1", "u"), T0, containers=(c,), cpu=CpuStats(T0, usage_core_nano_seconds=NS),
                    memory=MemoryStats(T0, working_set_bytes=4096))
     node = NodeStats("n", T0, cpu=CpuStats(T0, usage_core_nano_seconds=3 * NS),
                      memory=MemoryStats(T0, working_set_bytes=8 * MiB))
-    lines = resource_metrics(Summary(node, (pod,))).splitlines()
+    text = resource_metrics(Summary(node, (pod,)))
     ms = T0 // 1_000_000
-    samples = [line for line in lines if not line.startswith("#")]
-    assert samples == [
-        f'container_cpu_usage_seconds_total{{container="app",namespace="ns1",pod="web"}} 1.5 {ms + 5}',
-        f'container_memory_working_set_bytes{{container="app",namespace="ns1",pod="web"}} 2048 {ms}',
-        f'container_start_time_seconds{{container="app",namespace="ns1",pod="web"}} {go_float((T0 - NS) / NS)}',
-        f"node_cpu_usage_seconds_total 3 {ms}", f"node_memory_working_set_bytes 8.388608e+06 {ms}",
-        f'pod_cpu_usage_seconds_total{{namespace="ns1",pod="web"}} 1 {ms}',
-        f'pod_memory_working_set_bytes{{namespace="ns1",pod="web"}} 4096 {ms}',
-        "resource_scrape_error 0", "scrape_error 0"]
+    app = {"container": "app", "namespace": "ns1", "pod": "web"}
+    web = {"namespace": "ns1", "pod": "web"}
+    assert samples(text) == [
+        ("container_cpu_usage_seconds_total", app, 1.5, ms + 5),
+        ("container_memory_working_set_bytes", app, 2048, ms),
+        ("container_start_time_seconds", app, (T0 - NS) / NS, None),
+        ("node_cpu_usage_seconds_total", {}, 3, ms), ("node_memory_working_set_bytes", {}, 8 * MiB, ms),
+        ("pod_cpu_usage_seconds_total", web, 1, ms),
+        ("pod_memory_working_set_bytes", web, 4096, ms),
+        ("resource_scrape_error", {}, 0, None), ("scrape_error", {}, 0, None)]
+    lines = text.decode().splitlines()
     assert "# HELP node_memory_working_set_bytes [STABLE] Current working set of the node in bytes" in lines
     assert "# TYPE pod_cpu_usage_seconds_total counter" in lines
+    # label pairs by label name, as kubelet's registry writes them; no _created series (kubelet has none)
+    assert f'container_memory_working_set_bytes{{container="app",namespace="ns1",pod="web"}} 2048.0 {ms}' in lines
+    assert not any("_created" in line for line in lines)
+
+
+@given(st.integers(min_value=1, max_value=2**63 - 1))
+def test_a_resource_samples_stamp_is_its_figures_time_in_whole_milliseconds(time_ns: int) -> None:
+    node = NodeStats("n", time_ns, memory=MemoryStats(time_ns, working_set_bytes=1))
+    (line,) = [line for line in resource_metrics(Summary(node, ())).decode().splitlines()
+               if line.startswith("node_memory_working_set_bytes ")]
+    assert line.split(" ")[-1] == str(time_ns // 1_000_000)
 
 
 def test_a_failed_summary_is_only_the_scrape_errors_at_one() -> None:
-    samples = [line for line in resource_metrics(None).splitlines() if not line.startswith("#")]
-    assert samples == ["resource_scrape_error 1", "scrape_error 1"]
+    assert samples(resource_metrics(None)) == [("resource_scrape_error", {}, 1, None), ("scrape_error", {}, 1, None)]
 
 
 # ---- the emulated node's arithmetic

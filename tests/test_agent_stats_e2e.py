@@ -16,7 +16,6 @@ import pytest
 from kubeharness.agent.agent import Agent
 from kubeharness.agent.config.kubelet import AgentConfig
 from kubeharness.agent.nodestatus.node import MEMORY_PRESSURE
-from kubeharness.agent.stats.summary import go_float
 from kubeharness.clock import VirtualClock
 from kubeharness.emulators.cri.config import CriConfig
 from kubeharness.emulators.cri.process import BASE_MEMORY_BYTES
@@ -25,6 +24,7 @@ from kubeharness.emulators.cri.stats import PAUSE_MEMORY_BYTES
 from kubeharness.wire.cri import api_pb2 as api
 from kubeharness.wire.cri import api_pb2_grpc as api_grpc
 from tests.conftest import free_port, private_pod_cidr
+from tests.promtext import parse, value
 from tests.test_agent_e2e import NODE, Node, helper, http_get, phase, pod, stop_node
 
 MiB = 1024 * 1024
@@ -157,16 +157,18 @@ async def test_resource_metrics_carry_the_summarys_figures_under_kubelets_names(
     assert status == 200
     lines = body.decode().splitlines()
     (app,) = pod_of(found, "mem")["containers"]
-    labels = f'container="app",namespace="default",pod="mem-{NODE}"'
     ms = node.clock.now_ns() // 1_000_000
-    assert f"container_memory_working_set_bytes{{{labels}}} {go_float(32 * MiB + BASE_MEMORY_BYTES)} {ms}" in lines
+    stamped = {(s.name, tuple(sorted(s.labels.items()))): (s.value, round(float(s.timestamp) * 1000))
+               for s in parse(body) if s.timestamp is not None}
+    labels = (("container", "app"), ("namespace", "default"), ("pod", f"mem-{NODE}"))
+    assert stamped[("container_memory_working_set_bytes", labels)] == (32 * MiB + BASE_MEMORY_BYTES, ms)
     cpu_s = app["cpu"]["usageCoreNanoSeconds"] / 1e9
-    assert f"container_cpu_usage_seconds_total{{{labels}}} {go_float(cpu_s)} {ms}" in lines and cpu_s > 0.9
+    assert stamped[("container_cpu_usage_seconds_total", labels)] == (cpu_s, ms) and cpu_s > 0.9
     pod_ws = 32 * MiB + BASE_MEMORY_BYTES + PAUSE_MEMORY_BYTES
-    assert f'pod_memory_working_set_bytes{{namespace="default",pod="mem-{NODE}"}} {go_float(pod_ws)} {ms}' in lines
-    assert f"node_memory_working_set_bytes {go_float(pod_ws)} {ms}" in lines
-    assert any(line.startswith("node_cpu_usage_seconds_total ") for line in lines)
-    assert "scrape_error 0" in lines and "resource_scrape_error 0" in lines
+    assert stamped[("pod_memory_working_set_bytes", labels[1:])] == (pod_ws, ms)
+    assert stamped[("node_memory_working_set_bytes", ())] == (pod_ws, ms)
+    assert ("node_cpu_usage_seconds_total", ()) in stamped
+    assert value(body, "scrape_error") == 0 and value(body, "resource_scrape_error") == 0
     assert "# TYPE container_cpu_usage_seconds_total counter" in lines
 
 
@@ -175,7 +177,7 @@ async def test_a_runtime_that_is_gone_is_a_500_summary_and_a_scrape_error(node: 
     status, body = await http_get(node.port, "/stats/summary")
     assert status == 500 and b"UNAVAILABLE" in body and b"Traceback" not in body
     status, body = await http_get(node.port, "/metrics/resource")
-    assert status == 200 and "scrape_error 1" in body.decode().splitlines()
+    assert status == 200 and value(body, "scrape_error") == 1 and value(body, "resource_scrape_error") == 1
 
 
 async def test_the_node_object_has_capacity_allocatable_conditions_and_node_info(tmp_path: Path) -> None:

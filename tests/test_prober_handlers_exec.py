@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
 
 from kubeharness.agent.prober.handlers import exec_command, grpc_health, http_get, tcp_socket
 from kubeharness.agent.prober.handlers.exec import MAX_OUTPUT_BYTES
@@ -23,6 +24,7 @@ from kubeharness.emulators.cri.config import CriConfig
 from kubeharness.faults import FaultEngine, load_plan
 from kubeharness.wire.cri import api_pb2 as api
 from tests.conftest import CriHarness, private_pod_cidr
+from tests.promtext import value
 
 SUCCESS, FAILURE = ProbeResult.SUCCESS, ProbeResult.FAILURE
 REQUEST_TIMEOUT_S = 5  # the agent's runtime request timeout in these tests
@@ -167,7 +169,8 @@ rules:
 async def test_the_call_is_counted_under_kubelets_operation_name(node: Node) -> None:
     cid = await node.run()
     await node.probe(cid, "true")
-    assert 'kubelet_runtime_operations_total{operation_type="exec_sync"} 1' in node.client.metrics.operations.render()
+    text = generate_latest(node.client.metrics.registry)
+    assert value(text, "kubelet_runtime_operations_total", operation_type="exec_sync") == 1
 
 
 # -- the network handlers against khelper's listeners in the emulator (on the pod's loopback IP) ----------

@@ -421,7 +421,7 @@ class Agent:
                 self.runtime.forget_pod(uid)
         self.metrics.running_pods.set(running_pods)
         for state in ("created", RUNNING, "exited", "unknown"):
-            self.metrics.running_containers.set(running.get(state, 0), state)
+            self.metrics.running_containers.labels(state).set(running.get(state, 0))
         await self.container_gc.collect(observed, self.pod_gone, self.sources_ready())
         self.backoff.gc(self.clock.now_ns())
 

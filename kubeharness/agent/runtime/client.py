@@ -63,15 +63,15 @@ class RuntimeClient:
             await self._image_channel.close(None)
 
     async def _call(self, operation: str, call: Awaitable[T]) -> T:
-        self.metrics.operations.inc(operation)
+        self.metrics.operations.labels(operation).inc()
         start = time.perf_counter()
         try:
             return await call
         except grpc.aio.AioRpcError:
-            self.metrics.operation_errors.inc(operation)
+            self.metrics.operation_errors.labels(operation).inc()
             raise
         finally:
-            self.metrics.operation_duration.observe(time.perf_counter() - start, operation)
+            self.metrics.operation_duration.labels(operation).observe(time.perf_counter() - start)
 
     # -- runtime -----------------------------------------------------------------------------------------
 
@@ -149,7 +149,7 @@ class RuntimeClient:
 
     def container_events(self) -> grpc.aio.UnaryStreamCall[api.GetEventsRequest, api.ContainerEventResponse]:
         """The runtime's event stream (GetContainerEvents); UNIMPLEMENTED on runtimes without it."""
-        self.metrics.operations.inc("get_container_events")
+        self.metrics.operations.labels("get_container_events").inc()
         return self.runtime.GetContainerEvents(api.GetEventsRequest())
 
     # -- stats -------------------------------------------------------------------------------------------

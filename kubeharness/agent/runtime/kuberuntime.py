@@ -180,7 +180,7 @@ class PodRuntime:
         if actions.create_sandbox:
             sandbox_id = await self.client.run_sandbox(sandbox)
             if actions.attempt > 0:
-                self.metrics.restarted_pods.inc("true")
+                self.metrics.restarted_pods.labels("true").inc()
             self.metrics.started_pods.inc()
         if not sandbox_id:
             return
@@ -225,7 +225,7 @@ class PodRuntime:
             if entry is not None:
                 self.backoff.next(*entry, now_ns=self.clock.now_ns())
         kind = labels.TYPE_INIT if container in pod.spec.init_containers else labels.TYPE_APP
-        self.metrics.started_containers.inc(kind)
+        self.metrics.started_containers.labels(kind).inc()
         if container.lifecycle.post_start is not None and not await self._post_start(pod, container, container_id,
                                                                                       sandbox_id, reasons):
             return False

@@ -10,6 +10,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
+from prometheus_client import generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from kubeharness.agent.events import Recorder
 from kubeharness.agent.nodestatus.node import NodeStatus
@@ -21,7 +23,7 @@ from kubeharness.agent.server.metrics import Registry
 from kubeharness.agent.stats.summary import resource_metrics, summary_json
 from kubeharness.agent.stats.types import StatsProvider, Summary
 
-PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+PROMETHEUS_TEXT = CONTENT_TYPE_PLAIN_0_0_4  # what generate_latest writes, and kubelet's
 log = logging.getLogger(__name__)
 PLEG_UNHEALTHY = (b"[-]pleg failed: PLEG is not healthy: the runtime has not answered a relist within 3m0s\n"
                   b"healthz check failed\n")
@@ -51,8 +53,8 @@ def routes(pods: Callable[[], dict[str, Any]], pleg: Pleg, metrics: Registry, pr
     return {
         "/pods": pods_answer,
         "/healthz": healthz_answer,
-        "/metrics": lambda: Answer(200, metrics.render().encode(), PROMETHEUS_TEXT),
-        "/metrics/probes": lambda: Answer(200, probe_metrics.render().encode(), PROMETHEUS_TEXT),
+        "/metrics": lambda: Answer(200, generate_latest(metrics.registry), PROMETHEUS_TEXT),
+        "/metrics/probes": lambda: Answer(200, generate_latest(probe_metrics.registry), PROMETHEUS_TEXT),
         "/events": lambda: Answer(200, json.dumps(recorder.event_list()).encode(), "application/json"),
     }
 
@@ -76,7 +78,7 @@ def stats_routes(stats: StatsProvider, node: NodeStatus) -> dict[str, Route]:
 
     async def resource_answer() -> Answer:
         found = await summary()
-        return Answer(200, resource_metrics(found if isinstance(found, Summary) else None).encode(), PROMETHEUS_TEXT)
+        return Answer(200, resource_metrics(found if isinstance(found, Summary) else None), PROMETHEUS_TEXT)
 
     async def node_answer() -> Answer:
         try:

@@ -1,149 +1,69 @@
-"""The agent's metrics, in Prometheus' text format, under kubelet's names where kubelet has them.
+"""The agent's metrics for ``/metrics``, under kubelet's names, help texts, labels and buckets, on prometheus_client.
 
-Counters, gauges and histograms with labels, kept in memory and rendered by :meth:`Registry.render` for
-``/metrics``. Kubelet's names used here: ``kubelet_running_pods``, ``kubelet_running_containers``
-(label ``container_state``), ``kubelet_pod_start_duration_seconds``, ``kubelet_pleg_relist_duration_seconds``,
-``kubelet_runtime_operations_total`` and ``kubelet_runtime_operations_errors_total`` (label
-``operation_type``), ``kubelet_runtime_operations_duration_seconds``, ``kubelet_started_pods_total``,
+Why prometheus_client: it is the Prometheus project's own Python client, so the exposition (escaping, ordering,
+``+Inf``, the text format's content type) is the one every scraper reads, and a metric is one line to declare;
+a hand-written registry was ours to keep right. Each agent has its own :class:`CollectorRegistry` (two agents in
+one process, as in the tests, do not share counters), rendered with ``prometheus_client.generate_latest``.
+Help texts are kubelet's with the stability level component-base puts in front. Numbers render as
+prometheus_client writes them (``1.0`` where kubelet's Go client writes ``1``); the values are the same.
+
+Kubelet has no ``_created`` series, so they are turned off (:func:`prometheus_client.disable_created_metrics`, a
+process-wide switch read when a metric is declared, hence here at import).
+
+Kubelet's names used here: ``kubelet_running_pods``, ``kubelet_running_containers`` (label ``container_state``),
+``kubelet_pod_start_duration_seconds``, ``kubelet_pleg_relist_duration_seconds``,
+``kubelet_runtime_operations_total`` and ``kubelet_runtime_operations_errors_total`` (label ``operation_type``),
+``kubelet_runtime_operations_duration_seconds``, ``kubelet_started_pods_total``,
 ``kubelet_started_containers_total``, ``kubelet_restarted_pods_total``.
 """
 
 from __future__ import annotations
 
-import bisect
-import math
-from collections.abc import Sequence
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-# kubelet's buckets for operation and relist durations (seconds)
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated in prometheus_client
+
+# kubelet's buckets (seconds): component-base's DefBuckets (relist, probe durations), the runtime operations'
+# ExponentialBuckets(.005, 2.5, 14) (each bound the one before times 2.5, as Go computes them) and the pod start's
 DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+RUNTIME_OPERATION_BUCKETS = tuple(0.005 * 2.5**i for i in range(14))
 POD_START_BUCKETS = (0.5, 1, 2, 3, 4, 5, 6, 8, 10, 20, 30, 45, 60, 120, 180, 240, 300, 360, 480, 600, 900,
                      1200, 1800, 2700, 3600)
-
-Labels = tuple[tuple[str, str], ...]
-
-
-def _labels(names: Sequence[str], values: Sequence[str]) -> Labels:
-    if len(names) != len(values):
-        raise ValueError(f"expected labels {list(names)}, got {len(values)} values")
-    return tuple(zip(names, values, strict=True))
-
-
-def _fmt_labels(labels: Labels, extra: tuple[tuple[str, str], ...] = ()) -> str:
-    pairs = (*labels, *extra)
-    if not pairs:
-        return ""
-    body = ",".join(f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"' for k, v in pairs)
-    return "{" + body + "}"
-
-
-def _fmt_value(value: float) -> str:
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value)) if not float(value).is_integer() else str(int(value))
-
-
-class _Metric:
-    kind = ""
-
-    def render(self) -> list[str]:
-        raise NotImplementedError
-
-    def __init__(self, name: str, help_text: str, label_names: Sequence[str] = ()) -> None:
-        self.name = name
-        self.help = help_text
-        self.label_names = tuple(label_names)
-
-    def header(self) -> list[str]:
-        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
-
-
-class Counter(_Metric):
-    kind = "counter"
-
-    def __init__(self, name: str, help_text: str, label_names: Sequence[str] = ()) -> None:
-        super().__init__(name, help_text, label_names)
-        self.values: dict[Labels, float] = {}
-
-    def inc(self, *label_values: str, by: float = 1.0) -> None:
-        key = _labels(self.label_names, label_values)
-        self.values[key] = self.values.get(key, 0.0) + by
-
-    def remove(self, *label_values: str) -> None:
-        """Drop one series (a worker that ended)."""
-        self.values.pop(_labels(self.label_names, label_values), None)
-
-    def render(self) -> list[str]:
-        samples = (f"{self.name}{_fmt_labels(k)} {_fmt_value(v)}" for k, v in sorted(self.values.items()))
-        return [*self.header(), *samples]
-
-
-class Gauge(Counter):
-    kind = "gauge"
-
-    def set(self, value: float, *label_values: str) -> None:
-        self.values[_labels(self.label_names, label_values)] = value
-
-
-class Histogram(_Metric):
-    kind = "histogram"
-
-    def __init__(self, name: str, help_text: str, label_names: Sequence[str] = (),
-                 buckets: Sequence[float] = DEFAULT_BUCKETS) -> None:
-        super().__init__(name, help_text, label_names)
-        self.buckets = tuple(sorted(buckets))
-        self.series: dict[Labels, tuple[list[int], list[float]]] = {}  # labels -> (bucket counts, [sum, count])
-
-    def observe(self, value: float, *label_values: str) -> None:
-        key = _labels(self.label_names, label_values)
-        counts, totals = self.series.setdefault(key, ([0] * len(self.buckets), [0.0, 0.0]))
-        index = bisect.bisect_left(self.buckets, value)
-        for i in range(index, len(self.buckets)):
-            counts[i] += 1
-        totals[0] += value
-        totals[1] += 1
-
-    def remove(self, *label_values: str) -> None:
-        self.series.pop(_labels(self.label_names, label_values), None)
-
-    def render(self) -> list[str]:
-        lines = self.header()
-        for key, (counts, (total, count)) in sorted(self.series.items()):
-            for bound, n in zip(self.buckets, counts, strict=True):
-                lines.append(f"{self.name}_bucket{_fmt_labels(key, (('le', _fmt_value(bound)),))} {n}")
-            lines.append(f"{self.name}_bucket{_fmt_labels(key, (('le', '+Inf'),))} {int(count)}")
-            lines.append(f"{self.name}_sum{_fmt_labels(key)} {_fmt_value(total)}")
-            lines.append(f"{self.name}_count{_fmt_labels(key)} {int(count)}")
-        return lines
+RESTARTED_PODS_HELP = ("[ALPHA] Number of pods that have been restarted because they were deleted and recreated with "
+                       "the same UID while the kubelet was watching them (common for static pods, extremely uncommon "
+                       "for API pods)")
 
 
 class Registry:
-    """Every metric of one agent."""
+    """Every ``/metrics`` metric of one agent, declared in its own :attr:`registry`."""
 
     def __init__(self) -> None:
-        self.running_pods = Gauge("kubelet_running_pods", "Number of pods that have a running pod sandbox")
-        self.running_containers = Gauge("kubelet_running_containers", "Number of containers currently running",
-                                        ("container_state",))
-        self.pod_start = Histogram("kubelet_pod_start_duration_seconds",
-                                   "Duration in seconds from the agent seeing a pod to its containers running",
-                                   buckets=POD_START_BUCKETS)
-        self.pleg_relist = Histogram("kubelet_pleg_relist_duration_seconds", "Duration in seconds for relisting pods")
-        self.operations = Counter("kubelet_runtime_operations_total", "Cumulative number of runtime operations",
-                                  ("operation_type",))
+        self.registry = r = CollectorRegistry()
+        self.running_pods = Gauge("kubelet_running_pods", "[ALPHA] Number of pods that have a running pod sandbox",
+                                  registry=r)
+        self.running_containers = Gauge("kubelet_running_containers", "[ALPHA] Number of containers currently running",
+                                        ("container_state",), registry=r)
+        self.pod_start = Histogram(
+            "kubelet_pod_start_duration_seconds",
+            "[ALPHA] Duration in seconds from kubelet seeing a pod for the first time to the pod starting to run",
+            buckets=POD_START_BUCKETS, registry=r)
+        self.pleg_relist = Histogram("kubelet_pleg_relist_duration_seconds",
+                                     "[ALPHA] Duration in seconds for relisting pods in PLEG.",
+                                     buckets=DEFAULT_BUCKETS, registry=r)
+        self.operations = Counter("kubelet_runtime_operations_total",
+                                  "[ALPHA] Cumulative number of runtime operations by operation type.",
+                                  ("operation_type",), registry=r)
         self.operation_errors = Counter("kubelet_runtime_operations_errors_total",
-                                        "Cumulative number of runtime operation errors", ("operation_type",))
-        self.operation_duration = Histogram("kubelet_runtime_operations_duration_seconds",
-                                            "Duration in seconds of runtime operations", ("operation_type",))
-        self.started_pods = Counter("kubelet_started_pods_total", "Cumulative number of pods started")
+                                        "[ALPHA] Cumulative number of runtime operation errors by operation type.",
+                                        ("operation_type",), registry=r)
+        self.operation_duration = Histogram(
+            "kubelet_runtime_operations_duration_seconds",
+            "[ALPHA] Duration in seconds of runtime operations. Broken down by operation type.",
+            ("operation_type",), buckets=RUNTIME_OPERATION_BUCKETS, registry=r)
+        self.started_pods = Counter("kubelet_started_pods_total", "[ALPHA] Cumulative number of pods started",
+                                    registry=r)
         self.started_containers = Counter("kubelet_started_containers_total",
-                                          "Cumulative number of containers started", ("container_type",))
-        self.restarted_pods = Counter("kubelet_restarted_pods_total",
-                                      "Number of pods restarted (their sandbox recreated)", ("static",))
-
-    def metrics(self) -> list[_Metric]:
-        return [m for m in vars(self).values() if isinstance(m, _Metric)]
-
-    def render(self) -> str:
-        lines: list[str] = []
-        for metric in self.metrics():
-            lines.extend(metric.render())
-        return "\n".join(lines) + "\n"
+                                          "[ALPHA] Cumulative number of containers started", ("container_type",),
+                                          registry=r)
+        self.restarted_pods = Counter("kubelet_restarted_pods_total", RESTARTED_PODS_HELP, ("static",), registry=r)

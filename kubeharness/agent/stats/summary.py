@@ -9,16 +9,21 @@ Metrics: ``node_cpu_usage_seconds_total``, ``node_memory_working_set_bytes``, ``
 ``container_memory_working_set_bytes``, ``container_start_time_seconds`` (labels ``container``, ``namespace``,
 ``pod``), ``pod_cpu_usage_seconds_total``, ``pod_memory_working_set_bytes`` (``namespace``, ``pod``), and
 ``scrape_error`` / ``resource_scrape_error`` (1 when the summary could not be had). Families sorted by name,
-label pairs by label name, usage samples stamped with their figure's time in milliseconds, values written as
-Go's shortest ``%g``, help texts with the stability level in brackets, all as kubelet's registry writes them.
+label pairs by label name, usage samples stamped with their figure's time in milliseconds, help texts with the
+stability level in brackets, as kubelet's registry writes them; rendered by prometheus_client from a custom
+collector (:class:`ResourceCollector`), so numbers are written as it writes them (``1.0`` where Go writes ``1``).
 """
 
 from __future__ import annotations
 
-import math
 import time
-from decimal import Decimal
+from collections.abc import Iterator
 from typing import Any
+
+from prometheus_client import generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Timestamp
 
 from kubeharness.agent.stats.types import (
     ContainerStats,
@@ -131,61 +136,56 @@ def summary_json(summary: Summary) -> dict[str, Any]:
 
 # ---- /metrics/resource
 
-def go_float(value: float) -> str:
-    """``value`` as Go's ``strconv.FormatFloat(v, 'g', -1, 64)``: the shortest digits, an exponent from 1e6."""
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if value == 0:
-        return "0"
-    sign, digits, exponent = Decimal(repr(float(value))).normalize().as_tuple()
-    assert isinstance(exponent, int)
-    text = "".join(map(str, digits))
-    point = len(text) + exponent  # where the decimal point goes among the digits
-    x = point - 1
-    if x < -4 or x >= 6:
-        mantissa = text[0] + ("." + text[1:] if len(text) > 1 else "")
-        body = f"{mantissa}e{'-' if x < 0 else '+'}{abs(x):02d}"
-    elif point <= 0:
-        body = "0." + "0" * -point + text
-    elif point >= len(text):
-        body = text + "0" * (point - len(text))
-    else:
-        body = text[:point] + "." + text[point:]
-    return ("-" if sign else "") + body
+Labelled = tuple[tuple[str, ...], float, int | None]  # label values, value, time in ns
 
-
-Sample = tuple[tuple[tuple[str, str], ...], float, int | None]  # labels, value, time in ns
-
-# name -> (help, type); help texts are kubelet's, with the stability level component-base prints
-RESOURCE_METRICS = {
+# name -> (help, type, label names); help texts are kubelet's, with the stability level component-base prints
+CONTAINER_LABELS = ("container", "namespace", "pod")
+POD_LABELS = ("namespace", "pod")
+RESOURCE_METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "container_cpu_usage_seconds_total": ("[STABLE] Cumulative cpu time consumed by the container in core-seconds",
-                                          "counter"),
-    "container_memory_working_set_bytes": ("[STABLE] Current working set of the container in bytes", "gauge"),
-    "container_start_time_seconds": ("[STABLE] Start time of the container since unix epoch in seconds", "gauge"),
-    "node_cpu_usage_seconds_total": ("[STABLE] Cumulative cpu time consumed by the node in core-seconds", "counter"),
-    "node_memory_working_set_bytes": ("[STABLE] Current working set of the node in bytes", "gauge"),
-    "pod_cpu_usage_seconds_total": ("[STABLE] Cumulative cpu time consumed by the pod in core-seconds", "counter"),
-    "pod_memory_working_set_bytes": ("[STABLE] Current working set of the pod in bytes", "gauge"),
+                                          "counter", CONTAINER_LABELS),
+    "container_memory_working_set_bytes": ("[STABLE] Current working set of the container in bytes", "gauge",
+                                           CONTAINER_LABELS),
+    "container_start_time_seconds": ("[STABLE] Start time of the container since unix epoch in seconds", "gauge",
+                                     CONTAINER_LABELS),
+    "node_cpu_usage_seconds_total": ("[STABLE] Cumulative cpu time consumed by the node in core-seconds", "counter",
+                                     ()),
+    "node_memory_working_set_bytes": ("[STABLE] Current working set of the node in bytes", "gauge", ()),
+    "pod_cpu_usage_seconds_total": ("[STABLE] Cumulative cpu time consumed by the pod in core-seconds", "counter",
+                                    POD_LABELS),
+    "pod_memory_working_set_bytes": ("[STABLE] Current working set of the pod in bytes", "gauge", POD_LABELS),
     "resource_scrape_error": ("[STABLE] 1 if there was an error while getting container metrics, 0 otherwise",
-                              "gauge"),
+                              "gauge", ()),
     "scrape_error": ("[ALPHA] (Deprecated since 1.29.0) 1 if there was an error while getting container metrics, "
-                     "0 otherwise", "gauge"),
+                     "0 otherwise", "gauge", ()),
 }
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+def _stamp(time_ns: int | None) -> Timestamp | None:
+    """``time_ns`` for prometheus_client, which writes ``int(float(stamp) * 1000)``: the whole milliseconds plus
+    half a millisecond, so that the float's rounding cannot make it write the millisecond before."""
+    if not time_ns:
+        return None
+    ms = time_ns // 1_000_000
+    return Timestamp(ms // 1000, (ms % 1000) * 1_000_000 + 500_000)
 
 
-def resource_metrics(summary: Summary | None) -> str:
-    """``/metrics/resource`` for ``summary``; None (the summary failed) gives only the scrape errors at 1."""
-    samples: dict[str, list[Sample]] = {name: [] for name in RESOURCE_METRICS}
-    error = 1.0 if summary is None else 0.0
-    samples["scrape_error"].append(((), error, None))
-    samples["resource_scrape_error"].append(((), error, None))
-    if summary is not None:
+class ResourceCollector(Collector):
+    """kubelet's resource metrics collector over one summary (None: the summary failed; only the scrape errors,
+    at 1). prometheus_client's way for values computed at scrape time: the endpoint gets the summary (a runtime
+    call, async), then renders this with ``generate_latest``."""
+
+    def __init__(self, summary: Summary | None) -> None:
+        self.summary = summary
+
+    def samples(self) -> dict[str, list[Labelled]]:
+        samples: dict[str, list[Labelled]] = {name: [] for name in RESOURCE_METRICS}
+        summary = self.summary
+        error = 1.0 if summary is None else 0.0
+        samples["scrape_error"].append(((), error, None))
+        samples["resource_scrape_error"].append(((), error, None))
+        if summary is None:
+            return samples
         node = summary.node
         if node.cpu and node.cpu.usage_core_nano_seconds is not None:
             samples["node_cpu_usage_seconds_total"].append(
@@ -193,9 +193,9 @@ def resource_metrics(summary: Summary | None) -> str:
         if node.memory and node.memory.working_set_bytes is not None:
             samples["node_memory_working_set_bytes"].append(((), node.memory.working_set_bytes, node.memory.time_ns))
         for pod in summary.pods:
-            pod_labels: tuple[tuple[str, str], ...] = (("namespace", pod.pod_ref.namespace), ("pod", pod.pod_ref.name))
+            pod_labels = (pod.pod_ref.namespace, pod.pod_ref.name)
             for c in pod.containers:
-                labels = (("container", c.name), *pod_labels)
+                labels = (c.name, *pod_labels)
                 if c.start_time_ns > 0:
                     samples["container_start_time_seconds"].append((labels, c.start_time_ns / NS, None))
                 if c.cpu and c.cpu.usage_core_nano_seconds is not None:
@@ -210,15 +210,23 @@ def resource_metrics(summary: Summary | None) -> str:
             if pod.memory and pod.memory.working_set_bytes is not None:
                 samples["pod_memory_working_set_bytes"].append(
                     (pod_labels, pod.memory.working_set_bytes, pod.memory.time_ns))
-    lines = []
-    for name in sorted(samples):
-        if not samples[name]:
-            continue
-        help_text, kind = RESOURCE_METRICS[name]
-        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
-        for labels, value, time_ns in sorted(samples[name], key=lambda s: s[0]):
-            rendered = "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels) + "}" if labels else ""
-            stamp = f" {time_ns // 1_000_000}" if time_ns else ""
-            lines.append(f"{name}{rendered} {go_float(value)}{stamp}")
-    return "\n".join(lines) + "\n"
+        return samples
 
+    def collect(self) -> Iterator[Metric]:
+        for name, found in sorted(self.samples().items()):
+            if not found:
+                continue
+            help_text, kind, label_names = RESOURCE_METRICS[name]
+            family: CounterMetricFamily | GaugeMetricFamily
+            if kind == "counter":
+                family = CounterMetricFamily(name, help_text, labels=label_names)
+            else:
+                family = GaugeMetricFamily(name, help_text, labels=label_names)
+            for labels, value, time_ns in sorted(found, key=lambda s: s[0]):
+                family.add_metric(labels, value, timestamp=_stamp(time_ns))
+            yield family
+
+
+def resource_metrics(summary: Summary | None) -> bytes:
+    """``/metrics/resource`` for ``summary``; None (the summary failed) gives only the scrape errors at 1."""
+    return generate_latest(ResourceCollector(summary))
