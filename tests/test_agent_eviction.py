@@ -262,7 +262,9 @@ async def test_a_hard_threshold_evicts_at_once_with_kubelets_message_and_event()
     assert e.message == ("The node was low on resource: memory. Threshold quantity: 100Mi, available: 80Mi. "
                          "Container x was using 300Mi, request is 0, has larger consumption of memory. ")
     assert e.grace_period_s == 1  # kubelet's immediateEvictionGracePeriodSeconds
-    (event,) = [ev.to_object("node") for ev in h.recorder._events.values()]
+    met, event = [ev.to_object("node") for ev in h.recorder._events.values()]
+    assert (met["type"], met["reason"], met["message"], met["involvedObject"]["kind"]) == \
+        ("Warning", "EvictionThresholdMet", "Attempting to reclaim memory", "Node")  # kubelet's, before reclaim
     assert (event["type"], event["reason"], event["message"], event["involvedObject"]["name"]) == \
         ("Warning", "Evicted", e.message, "x-node")
     assert h.manager.node_conditions == ["MemoryPressure"]

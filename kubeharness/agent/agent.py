@@ -42,8 +42,9 @@ from kubeharness.agent.events import NORMAL, Recorder
 from kubeharness.agent.eviction.manager import Eviction, EvictionManager
 from kubeharness.agent.gc.containers import ContainerGC
 from kubeharness.agent.gc.images import ImageFs, ImageGC, ImageGCPolicy, cri_image_fs
+from kubeharness.agent.lifecycle.predicate import insufficient
 from kubeharness.agent.logs import ContainerLogManager, LogRotatePolicy
-from kubeharness.agent.nodestatus.node import NodeStatus
+from kubeharness.agent.nodestatus.node import NodeStatus, allocatable
 from kubeharness.agent.pleg.observed import RUNNING
 from kubeharness.agent.pleg.pleg import Pleg
 from kubeharness.agent.pod.model import Pod
@@ -105,7 +106,8 @@ class Agent:
             cleaned_up=self.pod_cleaned_up, recorder=self.recorder, reclaim_containers=self.reclaim_containers,
             reclaim_images=self.image_gc.delete_unused, on_conditions=self._pressure,
             pressure_transition_period_s=config.eviction_pressure_transition_period_s,
-            max_pod_grace_period_s=config.eviction_max_pod_grace_period_s)
+            max_pod_grace_period_s=config.eviction_max_pod_grace_period_s,
+            local_storage_capacity_isolation=config.local_storage_capacity_isolation)
         self.probe_metrics = ProbeMetrics()
         self.probes = ProbeManager(Prober(clock, self.client, self.recorder, self.probe_metrics), clock,
                                    self.probe_view, rng=rng)
@@ -134,6 +136,11 @@ class Agent:
             fsafe.check_owner(self.config.root_dir, "the agent's root directory")
         except fsafe.FsafeError as err:
             raise FailedPrecondition(err.message) from None
+        try:  # kubelet's setupDataDirs: the root directory exists (the host stats' nodefs is its filesystem)
+            fsafe.make_dirs(self.config.root_dir, 0o750)
+        except OSError as err:
+            raise FailedPrecondition(f"cannot create the agent's root directory {self.config.root_dir}: "
+                                     f"{err.strerror or err}") from None
         routes: dict[str, Route] = {
             **endpoints.routes(self.pod_list, self.pleg, self.metrics, self.probe_metrics, self.recorder),
             **endpoints.stats_routes(self.stats, self.node_status)}
@@ -248,16 +255,26 @@ class Agent:
                 self.rejected[uid] = (pod, *refused)
                 log.warning("rejected pod %s: %s", pod.full_name, refused[1])
                 continue
-            if len(self.desired) >= self.config.max_pods:
-                message = (f"Node didn't have enough resource: pods, requested: 1, used: {len(self.desired)}, "
-                           f"capacity: {self.config.max_pods}")
-                self.rejected[uid] = (pod, "OutOfpods", message)
-                log.warning("rejected pod %s: %s", pod.full_name, message)
+            refused = insufficient(pod, self.allocatable(), self.admitted_pods())  # OutOfpods, OutOfcpu, ...
+            if refused is not None:
+                self.rejected[uid] = (pod, *refused)
+                log.warning("rejected pod %s: %s", pod.full_name, refused[1])
                 continue
             self.desired[uid] = pod
             self.seen_ns.setdefault(uid, now)
             self.probes.add_pod(pod)
             self._worker(uid).request()
+
+    def allocatable(self) -> dict[str, int]:
+        """The node's allocatable (capacity and ``pods`` minus the reservations), as on the Node object."""
+        return allocatable({**self.stats.machine_capacity(), "pods": self.config.max_pods}, self.config)
+
+    def admitted_pods(self) -> list[Pod]:
+        """The pods a new one is admitted beside (kubelet's filterOutInactivePods): every desired pod but those
+        in a terminal phase, which count only while the agent still ends them (evicted, not yet cleaned up)."""
+        return [pod for uid, pod in self.desired.items()
+                if self.statuses.get(uid, {}).get("phase") not in ("Succeeded", "Failed")
+                or (uid in self.evicted and not self.pod_cleaned_up(pod))]
 
     def _worker(self, uid: str) -> PodWorker:
         worker = self.workers.get(uid)
@@ -324,7 +341,8 @@ class Agent:
         return pod_status(pod, observed, now_ns=self.clock.now_ns(),
                           runtime_name=self.runtime_name or "containerd", reasons=self.runtime.reasons.get(pod.uid),
                           actions=actions, previous=self.statuses.get(pod.uid), probes=self.probes,
-                          evicted=self._ended(pod.uid), disruption=evicted.message if evicted else None)
+                          evicted=self._ended(pod.uid),
+                          disruption=evicted.message if evicted and evicted.disruption_condition else None)
 
     def _ended(self, uid: str) -> tuple[str, str] | None:
         """(reason, message) when the agent ended the pod: evicted, or past its active deadline."""
@@ -398,7 +416,7 @@ class Agent:
 
     async def reclaim_containers(self) -> None:
         """Kubelet's DeleteAllUnusedContainers before a disk eviction: one container GC pass now."""
-        await self.container_gc.collect(self.pleg.pods(), self.pod_gone, self.sources_ready())
+        await self.container_gc.collect(self.pleg.pods(), self.content_removable, self.sources_ready())
 
     def _pressure(self, conditions: Sequence[str]) -> None:
         for condition in ("MemoryPressure", "DiskPressure", "PIDPressure"):

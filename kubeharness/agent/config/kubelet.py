@@ -176,6 +176,7 @@ class AgentConfig:
     eviction_soft_grace_period_s: Mapping[str, float] = field(default_factory=dict)
     eviction_max_pod_grace_period_s: int = 0
     eviction_minimum_reclaim: Mapping[str, ReclaimValue] = field(default_factory=dict)
+    local_storage_capacity_isolation: bool = True  # ephemeral-storage limits enforced by eviction
     # an emulated node's capacity (kubeharnessNodeCapacity, ours); None: the stats come from the host
     node_capacity: NodeCapacity | None = None
     # servers
@@ -391,6 +392,7 @@ _FIELDS: dict[str, tuple[str, Callable[[object, str], Any]]] = {
     "evictionSoftGracePeriod": ("eviction_soft_grace_period_s", _grace_periods),
     "evictionMaxPodGracePeriod": ("eviction_max_pod_grace_period_s", fields.integer),
     "evictionMinimumReclaim": ("eviction_minimum_reclaim", _minimum_reclaims),
+    "localStorageCapacityIsolation": ("local_storage_capacity_isolation", fields.boolean),
     "address": ("address", fields.ip),
     "readOnlyPort": ("read_only_port", fields.PORT),
     "healthzPort": ("healthz_port", fields.PORT),

@@ -11,7 +11,8 @@ ranked (``rank``) and the first that is not critical is evicted: its status beco
 ``Evicted`` and kubelet's message, a ``DisruptionTarget`` condition, an ``Evicted`` event; hard thresholds
 kill with kubelet's 1 s grace, soft ones with the pod's grace capped at ``evictionMaxPodGracePeriod``. At most
 one pod per pass; the loop then waits (up to 30 s, polling every second) for that pod to be cleaned up
-before the next pass.
+before the next pass. Before reclaiming anything the node gets kubelet's ``EvictionThresholdMet`` event
+("Attempting to reclaim memory").
 
 Critical pods are never evicted (kubelet's ``IsCriticalPod``: static pods, mirror pods, priority >= 2e9);
 every pod of this agent comes from a file or a URL, hence is static. **Our extension**: a pod annotated
@@ -20,6 +21,15 @@ an API server. The same test admits new pods under pressure (:meth:`admit`): cri
 not under disk or PID pressure, BestEffort pods not under memory pressure unless they tolerate the
 memory-pressure taint; a refusal has kubelet's reason ``Evicted`` and message
 ``The node had condition: [MemoryPressure]. ``.
+
+Local ephemeral storage (``localStorageCapacityIsolation``, on by default; kubelet's ``localStorageEviction``):
+every pass, before the thresholds drive anything, each active pod is checked against its ephemeral-storage
+limits and every pod over one is evicted at once (1 s grace, no DisruptionTarget condition, all such pods in
+the same pass): a pod whose ``ephemeralStorage`` usage (its containers' writable layers and logs and its
+local volumes) exceeds the sum of its containers' limits ("Pod ephemeral local storage usage exceeds the
+total limit of containers 2Mi. "), else a container whose logs plus writable layer (logs only with a
+dedicated image filesystem) exceed its own limit ("Container x exceeded its local ephemeral storage limit
+"1Mi". "). emptyDir ``sizeLimit`` is kubelet's first check; there are no volumes yet, so it is not made.
 """
 
 from __future__ import annotations
@@ -47,13 +57,14 @@ from kubeharness.agent.eviction.signals import (
     go_quantity,
 )
 from kubeharness.agent.pod.model import Pod
-from kubeharness.agent.pod.qos import BEST_EFFORT, STATIC_SOURCES, SYSTEM_CRITICAL_PRIORITY, pod_qos
+from kubeharness.agent.pod.qos import BEST_EFFORT, STATIC_SOURCES, SYSTEM_CRITICAL_PRIORITY, pod_limits, pod_qos
 from kubeharness.agent.stats.types import PodStats, Summary
 from kubeharness.clock import Clock, seconds_to_ns
 
 log = logging.getLogger(__name__)
 
 REASON = "Evicted"
+THRESHOLD_MET = "EvictionThresholdMet"
 DISRUPTION_TARGET, TERMINATION_BY_KUBELET = "DisruptionTarget", "TerminationByKubelet"
 EVICTABLE_ANNOTATION = "kubeharness.io/evictable"  # ours: "true" makes a static pod an ordinary one
 MONITORING_PERIOD_S = 10.0  # kubelet's evictionMonitoringPeriod
@@ -61,6 +72,9 @@ IMMEDIATE_GRACE_S = 1  # kubelet's immediateEvictionGracePeriodSeconds (hard thr
 CLEANUP_TIMEOUT_S, CLEANUP_POLL_S = 30.0, 1.0
 MEMORY_PRESSURE_TAINT = "node.kubernetes.io/memory-pressure"
 CONDITION_ORDER = (MEMORY_PRESSURE, DISK_PRESSURE, PID_PRESSURE)
+# kubelet's containerEphemeralStorageMessageFmt and podEphemeralStorageMessageFmt
+CONTAINER_EPHEMERAL_STORAGE_MESSAGE = "Container {} exceeded its local ephemeral storage limit \"{}\". "
+POD_EPHEMERAL_STORAGE_MESSAGE = "Pod ephemeral local storage usage exceeds the total limit of containers {}. "
 
 Reclaim = Callable[[], Awaitable[object]]
 
@@ -85,17 +99,55 @@ def tolerates_memory_pressure(pod: Pod) -> bool:
     return False
 
 
-def _request_string(pod: Pod, container_name: str, resource: str, amount: int) -> str:
-    """The container's request as Go prints the quantity it was written as (``0`` when there is none)."""
+def _raw_quantity(pod: Pod, container_name: str, kind: str, resource: str) -> Any:
+    """The quantity as written in the manifest (``kind``: requests or limits), None when there is none."""
     spec = pod.raw.get("spec") if isinstance(pod.raw, dict) else None
     raw: Any = None
     for key in ("containers", "initContainers"):
         for c in (spec.get(key) or []) if isinstance(spec, dict) else []:
             if isinstance(c, dict) and c.get("name") == container_name:
-                raw = ((c.get("resources") or {}).get("requests") or {}).get(resource)
+                raw = ((c.get("resources") or {}).get(kind) or {}).get(resource)
+    return raw
+
+
+def _request_string(pod: Pod, container_name: str, resource: str, amount: int) -> str:
+    """The container's request as Go prints the quantity it was written as (``0`` when there is none)."""
+    raw = _raw_quantity(pod, container_name, "requests", resource)
     if raw is None or not amount:
         return "0"
     return go_quantity(amount, quantity_format_of(raw))
+
+
+def _limit_string(pod: Pod, container_name: str, amount: int) -> str:
+    """An ephemeral-storage limit as Go prints the quantity it was written as."""
+    raw = _raw_quantity(pod, container_name, "limits", EPHEMERAL_STORAGE)
+    return go_quantity(amount, quantity_format_of(raw)) if raw is not None else go_quantity(amount)
+
+
+def _used(fs: Any) -> int:
+    return (fs.used_bytes or 0) if fs is not None else 0
+
+
+def ephemeral_storage_violation(pod: Pod, stats: PodStats, dedicated_image_fs: bool) -> str | None:
+    """Kubelet's podEphemeralStorageLimitEviction then containerEphemeralStorageLimitEviction: the eviction
+    message when ``pod`` is over the sum of its containers' ephemeral-storage limits or one container over
+    its own, else None."""
+    limit = pod_limits(pod).get(EPHEMERAL_STORAGE)
+    if limit is not None:
+        usage = _used(stats.ephemeral_storage)
+        if usage > limit:
+            first = next((c.name for c in (*pod.spec.containers, *pod.spec.init_containers)
+                          if EPHEMERAL_STORAGE in c.resources.limits), "")
+            return POD_EPHEMERAL_STORAGE_MESSAGE.format(_limit_string(pod, first, limit))
+    limits = {c.name: c.resources.limits[EPHEMERAL_STORAGE] for c in pod.spec.containers
+              if c.resources.limits.get(EPHEMERAL_STORAGE)}
+    for cs in stats.containers:
+        if cs.name not in limits:
+            continue
+        used = _used(cs.logs) + (0 if dedicated_image_fs else _used(cs.rootfs))
+        if used > limits[cs.name]:
+            return CONTAINER_EPHEMERAL_STORAGE_MESSAGE.format(cs.name, _limit_string(pod, cs.name, limits[cs.name]))
+    return None
 
 
 def eviction_message(resource: str, pod: Pod, stats: PodStats | None, thresholds: Sequence[EvictionThreshold],
@@ -137,6 +189,7 @@ class Eviction:
     pod: Pod
     grace_period_s: int
     message: str
+    disruption_condition: bool = True  # kubelet's DisruptionTarget condition (not for local storage limits)
 
 
 def _dedicated_image_fs(summary: Summary) -> bool:
@@ -162,7 +215,8 @@ class EvictionManager:
                  reclaim_images: Reclaim | None = None, pressure_transition_period_s: float = 300.0,
                  max_pod_grace_period_s: int = 0, monitoring_period_s: float = MONITORING_PERIOD_S,
                  dedicated_image_fs: bool | None = None,
-                 on_conditions: Callable[[Sequence[str]], None] | None = None) -> None:
+                 on_conditions: Callable[[Sequence[str]], None] | None = None,
+                 local_storage_capacity_isolation: bool = False) -> None:
         self.thresholds = list(thresholds)
         self.clock = clock
         self.summary = summary
@@ -177,6 +231,7 @@ class EvictionManager:
         self.monitoring_period_s = monitoring_period_s
         self.dedicated_image_fs = dedicated_image_fs
         self.on_conditions = on_conditions  # told the node conditions after every pass (the Node's status)
+        self.local_storage_capacity_isolation = local_storage_capacity_isolation
         # state between passes (kubelet's managerImpl fields)
         self.node_conditions: list[str] = []
         self.conditions_last_observed_ns: dict[str, int] = {}
@@ -192,35 +247,42 @@ class EvictionManager:
         """Kubelet's Start: a pass, then wait for an evicted pod to be cleaned up or the monitoring period."""
         while True:
             try:
-                evicted = await self.synchronize()
+                evicted = await self.synchronize_all()
             except Exception:
                 log.exception("eviction manager: failed to synchronize")
-                evicted = None
-            if evicted is not None:
-                await self.wait_for_cleanup(evicted)
+                evicted = []
+            if evicted:
+                await self.wait_for_cleanup(*evicted)
             else:
                 await self.clock.sleep(self.monitoring_period_s)
 
-    async def wait_for_cleanup(self, pod: Pod) -> bool:
-        """Poll every second for up to 30 s until ``pod`` is cleaned up (kubelet's waitForPodsCleanup)."""
+    async def wait_for_cleanup(self, *pods: Pod) -> bool:
+        """Poll every second for up to 30 s until every one of ``pods`` is cleaned up (kubelet's
+        waitForPodsCleanup)."""
         deadline = self.clock.now_ns() + seconds_to_ns(CLEANUP_TIMEOUT_S)
         while self.clock.now_ns() < deadline:
             await self.clock.sleep(CLEANUP_POLL_S)
-            if self.cleaned_up(pod):
+            if all(self.cleaned_up(pod) for pod in pods):
                 return True
-        log.info("eviction manager: timed out waiting for pod %s to be cleaned up", pod.full_name)
+        log.info("eviction manager: timed out waiting for pods %s to be cleaned up",
+                 ", ".join(pod.full_name for pod in pods))
         return False
 
     async def synchronize(self) -> Pod | None:
-        """One pass; the pod evicted, or None."""
-        if not self.thresholds:
-            return None
+        """One pass; the (first) pod evicted, or None."""
+        evicted = await self.synchronize_all()
+        return evicted[0] if evicted else None
+
+    async def synchronize_all(self) -> list[Pod]:
+        """One pass; every pod evicted (several only for local storage limits)."""
+        if not self.thresholds and not self.local_storage_capacity_isolation:
+            return []
         active = list(self.active_pods())
         try:
             summary = await self.summary()
         except Exception as err:  # kubelet: "failed to get summary stats", and nothing else this pass
             log.warning("eviction manager: failed to get summary stats: %s", err)
-            return None
+            return []
         if self.dedicated_image_fs is None:
             self.dedicated_image_fs = _dedicated_image_fs(summary)
         observations = signals.observe(summary)
@@ -247,22 +309,28 @@ class EvictionManager:
             t.signal not in self.last_observations or observations[t.signal].time_ns == 0
             or observations[t.signal].time_ns > self.last_observations[t.signal].time_ns)]
         self.last_observations = observations
+        by_uid = {s.pod_ref.uid: s for s in summary.pods}
+        if self.local_storage_capacity_isolation:
+            evicted = self._local_storage_eviction(active, by_uid)
+            if evicted:
+                return evicted
         if not updated:
-            return None
+            return []
         updated.sort(key=lambda t: 0 if SIGNAL_TO_RESOURCE.get(t.signal) == MEMORY
                      else (1 if t.signal in SIGNAL_TO_RESOURCE else 2))
         to_reclaim = next((t for t in updated if t.signal in SIGNAL_TO_RESOURCE), None)
         if to_reclaim is None:
-            return None
+            return []
         resource = SIGNAL_TO_RESOURCE[to_reclaim.signal]
         log.info("eviction manager: attempting to reclaim %s", resource)
+        if self.recorder is not None:  # kubelet's node event before any reclaim
+            self.recorder.record_node(WARNING, THRESHOLD_MET, f"Attempting to reclaim {resource}")
         if await self._reclaim_node_level(to_reclaim.signal):
             log.info("eviction manager: able to reduce %s pressure without evicting pods", resource)
-            return None
+            return []
         if not active:
             log.error("eviction manager: eviction thresholds have been met, but no pods are active to evict")
-            return None
-        by_uid = {s.pod_ref.uid: s for s in summary.pods}
+            return []
 
         def stats(pod: Pod) -> PodStats | None:
             return by_uid.get(pod.uid)
@@ -275,15 +343,35 @@ class EvictionManager:
             grace = IMMEDIATE_GRACE_S if not to_reclaim.grace_period_s else \
                 min(pod.spec.termination_grace_period_seconds, self.max_pod_grace_period_s)
             message = eviction_message(resource, pod, stats(pod), updated, observations)
-            if self.recorder is not None:
-                self.recorder.record(pod.namespace, pod.name, pod.uid, "", WARNING, REASON, message)
-            eviction = Eviction(pod, grace, message)
-            self.evictions.append(eviction)
-            log.info("eviction manager: evicting pod %s: %s", pod.full_name, message)
-            self.evict(eviction)
-            return pod
+            self._evict(Eviction(pod, grace, message))
+            return [pod]
         log.info("eviction manager: unable to evict any pods from the node")
-        return None
+        return []
+
+    def _evict(self, eviction: Eviction) -> None:
+        pod = eviction.pod
+        if self.recorder is not None:
+            self.recorder.record(pod.namespace, pod.name, pod.uid, "", WARNING, REASON, eviction.message)
+        self.evictions.append(eviction)
+        log.info("eviction manager: evicting pod %s: %s", pod.full_name, eviction.message)
+        self.evict(eviction)
+
+    def _local_storage_eviction(self, active: Sequence[Pod], by_uid: Mapping[str, PodStats]) -> list[Pod]:
+        """Kubelet's localStorageEviction: every active pod over an ephemeral-storage limit, evicted at once."""
+        evicted = []
+        for pod in active:
+            stats = by_uid.get(pod.uid)
+            if stats is None:
+                continue
+            message = ephemeral_storage_violation(pod, stats, bool(self.dedicated_image_fs))
+            if message is None:
+                continue
+            if is_critical(pod):
+                log.error("eviction manager: cannot evict a critical pod %s", pod.full_name)
+                continue
+            self._evict(Eviction(pod, IMMEDIATE_GRACE_S, message, disruption_condition=False))
+            evicted.append(pod)
+        return evicted
 
     async def _reclaim_node_level(self, signal: str) -> bool:
         """Kubelet's reclaimNodeLevelResources: True when, after reclaiming, no threshold (with its minimum

@@ -279,10 +279,18 @@ class ImageGC:
             return freed
 
     async def run(self, period_s: float = IMAGE_GC_PERIOD_S) -> None:
-        """The loop: a pass now and every ``period_s``; two failed passes in a row give ``ImageGCFailed``."""
+        """The loop: a pass now and every ``period_s``; two failed passes in a row give ``ImageGCFailed``. With
+        GC off the images are still detected now and every ``period_s`` (kubelet's image manager Start runs
+        detectImages every 5 minutes whatever the thresholds), so that the eviction manager's reclaim
+        (:meth:`delete_unused`) sees how long each has been there."""
         if not self.policy.enabled:
             log.info("image GC is off: imageGCHighThresholdPercent is 100 and imageMaximumGCAge is 0")
-            return
+            while True:
+                try:
+                    await self.detect()
+                except grpc.aio.AioRpcError as err:
+                    log.warning("image GC: failed to detect images: %s", err.code().name)
+                await self.clock.sleep(period_s)
         failed_before = False
         while True:
             try:
