@@ -10,9 +10,11 @@ the CRI emulator in tests/test_agent_logs_e2e.py.
 from __future__ import annotations
 
 import asyncio
+import errno
 import gzip
 import os
 import stat
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kubeharness.agent.logs import ContainerLogManager, LogRotatePolicy, files
+from kubeharness.agent.logs.manager import _compress_in_thread
 from kubeharness.agent.logs.rotation import all_logs, needs_rotation, plan_rotation, rotated_name, split_unused
 from kubeharness.clock import NS_PER_SECOND, VirtualClock
 from kubeharness.errors import InvalidArgument
@@ -394,3 +397,34 @@ async def test_clean_removes_every_log_file_of_the_container_and_nothing_else(tm
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await m.clean("c1")
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def open_writer(fifo: Path, limit_s: float = 30) -> int:
+    """The FIFO's write end, once someone reads it (real time: a worker thread opens it)."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as err:
+            if err.errno != errno.ENXIO:
+                raise
+        assert time.monotonic() < deadline, "nobody reads the file: the compression never ran"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_cancelled_pass_lets_a_compression_under_way_finish(tmp_path: Path) -> None:
+    rotated = tmp_path / f"0.log.{START}"
+    os.mkfifo(rotated)  # the worker thread blocks reading it until the test writes: cancelled while it runs
+    job = asyncio.ensure_future(_compress_in_thread(str(rotated)))
+    await asyncio.sleep(0)
+    job.cancel()
+    writer = await open_writer(rotated)
+    try:
+        assert not job.done()  # the cancelled pass waits for its thread
+        os.write(writer, b"2026-01-01T00:00:00.000000000Z stdout F line 1\n")
+    finally:
+        os.close(writer)
+    with pytest.raises(asyncio.CancelledError):
+        await job
+    assert names(tmp_path) == [f"0.log.{START}.gz"]  # complete: no .tmp, no source
+    assert line_numbers(gzip.decompress((tmp_path / f"0.log.{START}.gz").read_bytes())) == [1]
