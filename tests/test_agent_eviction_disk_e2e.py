@@ -218,3 +218,26 @@ async def test_pods_that_do_not_fit_the_allocatable_are_rejected_with_kubelets_r
     await node.until(lambda p: f"cpu-a-{NODE}" not in p)
     node.write("cpu-d", requesting("cpu-d", {"cpu": "900m"}))
     await node.until(lambda p: phase(p, "cpu-d") == "Running")
+
+
+async def test_regression_the_root_dir_is_created_so_host_stats_give_ephemeral_storage(
+        tmp_path: Path, nodes: list[Node]) -> None:
+    # the host stats' nodefs is the root dir's filesystem: a root dir nobody had created gave an allocatable
+    # ephemeral-storage of 0, and every pod requesting some was refused OutOfephemeral-storage
+    node = await start(tmp_path, {"evictionHard": {"memory.available": "100Mi"}})
+    nodes.append(node)
+    assert (tmp_path / "kubelet").is_dir()
+    assert node.agent.allocatable()["ephemeral-storage"] > 0
+    node.write("asks", pod("asks", with_resources(helper("x"), {"ephemeral-storage": "1Mi"})))
+    await node.until(lambda p: phase(p, "asks") == "Running")
+
+
+async def test_regression_images_are_detected_with_image_gc_off(tmp_path: Path, nodes: list[Node]) -> None:
+    # with imageGCHighThresholdPercent 100 the loop returned at once and detected nothing: the eviction
+    # manager's reclaim then met every image for the first time and found it younger than imageMinimumGCAge
+    node = await start(tmp_path, disk_node(), preloaded=[SMALL])
+    nodes.append(node)
+    await node.advance(2)
+    images = await images_on(node)
+    assert images[SMALL].id in node.agent.image_gc.records
+    assert node.agent.image_gc.records[images[SMALL].id].first_detected_ns < node.clock.now_ns()
