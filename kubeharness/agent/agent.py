@@ -440,12 +440,17 @@ class Agent:
         self.metrics.running_pods.set(running_pods)
         for state in ("created", RUNNING, "exited", "unknown"):
             self.metrics.running_containers.labels(state).set(running.get(state, 0))
-        await self.container_gc.collect(observed, self.pod_gone, self.sources_ready())
+        await self.container_gc.collect(observed, self.content_removable, self.sources_ready())
         self.backoff.gc(self.clock.now_ns())
 
     def pod_gone(self, uid: str) -> bool:
         """Kubelet's IsPodDeleted: neither desired nor being terminated by its worker."""
         return uid not in self.desired and uid not in self.workers
+
+    def content_removable(self, uid: str) -> bool:
+        """Kubelet's ShouldPodContentBeRemoved, what container GC removes everything of: a pod that is gone, or
+        one the eviction manager evicted (its dead containers, sandboxes and log directory)."""
+        return self.pod_gone(uid) or uid in self.evicted
 
     def sources_ready(self) -> bool:
         """Every pod source has reported its pods at least once (kubelet's allSourcesReady)."""
