@@ -56,6 +56,7 @@ from kubeharness.bench.agentnode import (
     GRACE_PERIOD_S,
     IMAGE,
     SpawnedAgent,
+    by_label,
     http_get,
     is_running,
     parse_rfc3339_ns,
@@ -80,7 +81,10 @@ CROSS_AT = 0.4  # of the window: the hog's rate makes the crossing come about th
 SETTLE_S = 2.0  # after the cut-off, before the files are read; also after all pods are Running
 START_TIMEOUT_S = 30.0
 POLL_S = 0.2
-READ_ATTEMPTS = 5
+READ_ATTEMPTS = 50
+READ_PAUSE_S = 0.2
+CALLS_SHOWN = 6
+OPERATIONS = "kubelet_runtime_operations_total"
 HOG = "hog"
 TARGET_CPU_PERCENT = 15.0
 TARGET_DELAY_S = MONITORING_PERIOD_S + 1.0
@@ -124,6 +128,9 @@ class ResourceRun:
     crossing_ns: int | None = None
     kill_ns: int | None = None
     eviction_note: str = ""
+    before_kill: tuple[float, float] | None = None  # (agent CPU s, wall s) from the window's start to the kill
+    unread: list[str] = field(default_factory=list)  # pods whose log files could not be read, with the reason
+    calls: dict[str, int] = field(default_factory=dict)  # the agent's CRI calls begun in the window, by operation
     problem: str = ""
 
     @property
@@ -199,7 +206,9 @@ def due_by(started_ns: int, rate: float, cutoff_ns: int) -> int:
 def read_log_files(live: str) -> tuple[list[bytes], int, int]:
     """The contents of a container's live log and its rotated files in use (``.gz`` gunzipped), oldest first,
     from a listing that did not change while it was read: (contents, files, rotated files)."""
-    for _ in range(READ_ATTEMPTS):
+    for attempt in range(READ_ATTEMPTS):
+        if attempt:
+            time.sleep(READ_PAUSE_S)  # a rotation pass is under way for this container: let it finish
         before = sorted(siblings(live))
         inuse, _unused = split_unused(before)
         names = [*sorted(inuse), live]
@@ -213,7 +222,8 @@ def read_log_files(live: str) -> tuple[list[bytes], int, int]:
             continue
         if sorted(siblings(live)) == before:
             return contents, len(names), len(inuse)
-    raise BenchError(f"the log files of {live} kept changing while they were read ({READ_ATTEMPTS} attempts)")
+    raise BenchError(f"the log files of {live} kept changing while they were read ({READ_ATTEMPTS} attempts "
+                     f"{READ_PAUSE_S:g} s apart)")
 
 
 def count_lines(pod: str, contents: list[bytes], started_ns: int, rate: float, cutoff_ns: int,
@@ -314,6 +324,19 @@ async def _memory_available(agent: SpawnedAgent) -> tuple[int, int]:
     return int(memory["availableBytes"]), parse_rfc3339_ns(memory["time"])
 
 
+async def _metrics(agent: SpawnedAgent) -> str:
+    try:
+        return await agent.metrics()
+    except (OSError, TimeoutError, ValueError):
+        return ""
+
+
+def _calls(before: str, after: str) -> dict[str, int]:
+    """CRI operations the agent began between two /metrics texts, by operation."""
+    first, second = by_label(before, OPERATIONS), by_label(after, OPERATIONS)
+    return {op: int(n - first.get(op, 0)) for op, n in second.items() if n > first.get(op, 0)}
+
+
 async def measure_resources(agent: SpawnedAgent, endpoint: str, namespace: str, options: Any, run: ResourceRun,
                             timeout_s: float) -> None:
     names = [f"logger-{i:04d}" for i in range(run.pods)]
@@ -327,6 +350,7 @@ async def measure_resources(agent: SpawnedAgent, endpoint: str, namespace: str, 
     events = asyncio.ensure_future(_stop_events(endpoint, stopped, no_stream))
     try:
         await asyncio.sleep(SETTLE_S)
+        metrics_before = await _metrics(agent)
         before = sample(agent.pid)
         t0 = time.perf_counter()
         _write(agent, {HOG: hog_manifest(namespace, run.hog_rate_mib)})
@@ -341,14 +365,21 @@ async def measure_resources(agent: SpawnedAgent, endpoint: str, namespace: str, 
                 run.eviction_note = (f"memory.available was {available / MiB:.0f} MiB already at the first "
                                      "reading: the crossing is not known")
                 run.crossing_ns = None
-        await asyncio.sleep(max(0.0, run.seconds - (time.perf_counter() - t0)))
+        at_kill = None  # the agent's CPU and the time when the hog's stop is first seen inside the window
+        for _ in range(max(0, math.ceil((run.seconds - (time.perf_counter() - t0)) / POLL_S))):
+            if at_kill is None and hog is not None and hog in stopped:
+                at_kill = sample(agent.pid), time.perf_counter()
+            await asyncio.sleep(max(0.0, min(POLL_S, run.seconds - (time.perf_counter() - t0))))
         run.seconds = time.perf_counter() - t0
         after = sample(agent.pid)
         cutoff_ns = time.time_ns()
+        run.calls = _calls(metrics_before, await _metrics(agent))
         if before is not None and after is not None:
             run.agent_cpu_s = after.cpu_s - before.cpu_s
+            if at_kill is not None and at_kill[0] is not None:
+                run.before_kill = at_kill[0].cpu_s - before.cpu_s, at_kill[1] - t0
         await asyncio.sleep(SETTLE_S)
-        run.counts = await _count_all(endpoint, namespace, names, run.log_rate, cutoff_ns)
+        run.counts = await _count_all(endpoint, namespace, names, run.log_rate, cutoff_ns, run.unread)
         if hog is not None and run.crossing_ns is not None:  # the kill may come after the window
             wait_s = (run.crossing_ns - time.time_ns()) / NS + MONITORING_PERIOD_S * 2 + 5
             for _ in range(max(0, math.ceil(wait_s / POLL_S))):
@@ -367,7 +398,8 @@ async def measure_resources(agent: SpawnedAgent, endpoint: str, namespace: str, 
 
 
 async def _count_all(endpoint: str, namespace: str, names: list[str], rate: float, cutoff_ns: int,
-                     ) -> list[LogCount]:
+                     unread: list[str]) -> list[LogCount]:
+    """Every logging pod's count; a pod whose files could not be read goes into ``unread`` with the reason."""
     containers = await _containers(endpoint, namespace)
     counts: list[LogCount] = []
     for name in names:
@@ -375,7 +407,11 @@ async def _count_all(endpoint: str, namespace: str, names: list[str], rate: floa
         if len(found) != 1:
             raise BenchError(f"pod {name} has {len(found)} containers in the runtime, expected one (restarted?)")
         status = await _status(endpoint, found[0].id)
-        contents, files, rotated = await asyncio.to_thread(read_log_files, status.log_path)
+        try:
+            contents, files, rotated = await asyncio.to_thread(read_log_files, status.log_path)
+        except (BenchError, OSError, EOFError, gzip.BadGzipFile) as err:
+            unread.append(f"{name}: {err}")
+            continue
         counts.append(count_lines(name, contents, status.started_at, rate, cutoff_ns, LOG_MAX_FILES, files,
                                   rotated))
     return counts
@@ -404,6 +440,18 @@ def resource_lines(run: ResourceRun) -> list[str]:
             lines.append(f"  lost in {x.pod}: {x.gaps} in gaps, {x.tail} after the highest ({x.highest} of "
                          f"{x.due} due), {0 if x.retired else x.head} before the lowest ({x.lowest}); "
                          f"{x.files} files")
+    if run.before_kill is not None and run.agent_cpu_s is not None:
+        cpu_s, wall_s = run.before_kill
+        rest_s = run.seconds - wall_s
+        after_pct = f"{100 * (run.agent_cpu_s - cpu_s) / rest_s:.1f}%" if rest_s > 0 else "-"
+        lines.append(f"  agent CPU until the hog's kill ({wall_s:.1f} s): {100 * cpu_s / wall_s:.1f}% of one core; "
+                     f"after it ({rest_s:.1f} s): {after_pct}")
+    if run.calls:
+        most = sorted(run.calls.items(), key=lambda item: -item[1])[:CALLS_SHOWN]
+        lines.append(f"  the agent's CRI calls in the window: {sum(run.calls.values())}, most: "
+                     + ", ".join(f"{op} {n}" for op, n in most))
+    for reason in run.unread:
+        lines.append(f"  not counted: {reason}")
     delay = run.delay_s
     if delay is not None:
         lines.append(f"  eviction: hog at {run.hog_rate_mib:g} MiB/s, memory.available under {THRESHOLD} to the "
@@ -447,6 +495,8 @@ async def bench_resources(endpoint: str, options: Any, timeout_s: float) -> tupl
         await measure_resources(agent, endpoint, namespace, options, run, timeout_s)
         if run.problem:
             problems.append(f"phase 4: {run.problem}")
+        if run.unread:
+            problems.append(f"phase 4: the log files of {len(run.unread)} pods could not be read (see above)")
         cleanup = await clean_up(agent, endpoint, names, namespace, timeout_s)
         if cleanup.problem:
             problems.append(f"phase 4 clean-up: {cleanup.problem}")
