@@ -334,7 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
                              help="of those, pods whose liveness is made to fail, to time the kill")
     bench_agent.add_argument("--probe-seconds", type=float, default=30.0, help="seconds phase 3 is measured")
     bench_agent.add_argument("--resource-pods", type=int, default=110,
-                             help="pods logging under rotation, plus one evicted, in phase 4 (0: none)")
+                             help="pods logging under rotation, plus one evicted, in phase 4 "
+                                  "(0: none; only on the emulator it starts)")
     bench_agent.add_argument("--resource-seconds", type=float, default=60.0, help="seconds phase 4 is measured")
     bench_agent.add_argument("--log-rate", type=float, default=200.0, help="lines per second of each pod in phase 4")
     bench_agent.add_argument("--log-line-bytes", type=int, default=256,
