@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -47,3 +48,21 @@ async def test_a_pod_without_a_deadline_runs_on(node: Node) -> None:
     await node.clock.advance(600)
     pods = await node.until(lambda p: phase(p, "free") == "Running", limit_s=5)
     assert "reason" not in pods[f"free-{NODE}"]["status"]
+
+
+@pytest.mark.parametrize("how", ["deadline", "finished"])
+async def test_a_pod_that_has_ended_does_not_keep_its_worker_busy(node: Node, how: str) -> None:
+    """Found by the resources benchmark: a pod whose kill had nothing left to stop (past its deadline, evicted,
+    or finished under Never) was synced again and again, each sync forcing a relist, hundreds a second."""
+    if how == "deadline":
+        manifest = pod("ended", helper("app"), grace=1)
+        manifest["spec"]["activeDeadlineSeconds"] = 5
+    else:
+        manifest = pod("ended", helper("app", "--exit-after=2s"), restart="Never")
+    node.write("ended", manifest)
+    await node.until(lambda p: phase(p, "ended") in ("Failed", "Succeeded")
+                     and "terminated" in container(p, "ended").get("state", {}), limit_s=60)
+    await node.advance(5)
+    before = node.agent.pleg.started
+    await asyncio.sleep(1.0)  # real time, the virtual clock standing still: only relists someone forced
+    assert node.agent.pleg.started - before <= 3

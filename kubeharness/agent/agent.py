@@ -330,9 +330,11 @@ class Agent:
             worker.request_in(left / 1e9)
         if actions.backing_off:
             worker.request_in(min(b.remaining_ns for b in actions.backing_off) / 1e9)
-        elif actions.kill_pod or actions.create_sandbox or actions.containers_to_start or \
-                actions.init_containers_to_start or actions.containers_to_kill:
-            worker.request()  # look again once the PLEG has seen what we did
+        elif (actions.kill_pod and not self.pod_cleaned_up(pod)) or actions.create_sandbox or \
+                actions.containers_to_start or actions.init_containers_to_start or actions.containers_to_kill:
+            # look again once the PLEG has seen what we did; a kill of a pod with nothing running or ready did
+            # nothing (a finished, evicted or timed-out pod), and looking again would relist without end
+            worker.request()
         return False
 
     def _status(self, pod: Pod, actions: PodActions | None) -> dict[str, Any]:
