@@ -306,7 +306,8 @@ def check(options: argparse.Namespace) -> None:
         raise BenchError("--pods must be at least 1")
     if options.idle_pods < options.pods:
         raise BenchError(f"--idle-pods ({options.idle_pods}) must be at least --pods ({options.pods})")
-    if options.probe_pods < 0 or not 0 <= options.probe_kill_pods <= options.probe_pods or options.probe_seconds <= 0:
+    if options.probe_pods < 0 or options.probe_kill_pods < 0 or options.probe_seconds <= 0 or \
+            (options.probe_pods and options.probe_kill_pods > options.probe_pods):
         raise BenchError("--probe-pods and --probe-seconds must be positive (0 pods: no probes phase), "
                          "--probe-kill-pods at most --probe-pods")
     if options.resource_pods < 0 or options.resource_seconds <= 0 or options.log_rate <= 0 \
