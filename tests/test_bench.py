@@ -258,6 +258,8 @@ def test_resources_phase_counts_lines_lost_retired_and_late(tmp_path: Path) -> N
     assert (late.tail, late.lost) == (10, 10)  # due by the cut-off and not there: lost
     gap = count_lines("p", [lines([*range(3, 8), *range(10, 31)])], start, rate, cutoff, 5, 5, 4)
     assert (gap.gaps, gap.head, gap.retired, gap.lost) == (2, 2, True, 2)  # the head went with maxFiles
+    mid = count_lines("p", [lines(range(3, 31))], start, rate, cutoff, 5, 4, 3)
+    assert (mid.retired, mid.lost) == (True, 0)  # read inside a pass: excess removed, live file not yet renamed
     head = count_lines("p", [lines(range(3, 31))], start, rate, cutoff, 5, 3, 2)
     assert (head.head, head.retired, head.lost) == (2, False, 2)  # fewer than maxFiles files: nothing retired
     twice = count_lines("p", [lines(range(1, 31)), lines([30])], start, rate, cutoff, 5, 1, 0)

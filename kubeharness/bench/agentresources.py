@@ -20,8 +20,9 @@ Figures:
   and the gunzipped ``.gz`` ones (a listing that changed while it was read is read again). A line is *lost*
   if it is missing between the lowest and the highest number found (a gap), or above the highest but due by
   the cut-off (the runtime has had ``SETTLE_S`` to write it), or below the lowest while the container has
-  fewer than ``maxFiles`` files (nothing was removed by retention). Lines below the lowest when it has
-  ``maxFiles`` files were removed on purpose (kubelet keeps at most that many) and are counted as *retired*,
+  fewer than ``maxFiles - 1`` files (nothing was removed by retention). Lines below the lowest when it has
+  ``maxFiles - 1`` or more files were removed on purpose (kubelet keeps at most ``maxFiles``, and in the middle
+  of a pass, after removing the excess and before renaming the live file, ``maxFiles - 1``) and are *retired*,
   not lost; lines due after the cut-off are not counted at all (they may still be in the runtime's hands).
   A number found twice is a *duplicate* (a rotated file read along with its ``.gz``; reported, not lost).
   Target 0 lost.
@@ -255,7 +256,9 @@ def count_lines(pod: str, contents: list[bytes], started_ns: int, rate: float, c
         count.gaps = count.highest - count.lowest + 1 - count.found
         count.tail = max(0, count.due - count.highest)
         count.head = count.lowest - 1
-        count.retired = count.head > 0 and files >= max_files
+        # retention keeps maxFiles - 2 rotated files before it renames the live one, and a pass compresses in
+        # between: a reader can find maxFiles - 1 files while the head is already gone
+        count.retired = count.head > 0 and files >= max_files - 1
     else:
         count.tail = count.due
     return count
