@@ -218,7 +218,7 @@ async def test_image_gc_removes_unused_images_and_keeps_the_used_one_on_containe
         manifest.write_text(json.dumps(spec))
 
         async def running() -> bool:
-            return (await pods_of(port)).get(name, {}).get("status", {}).get("phase") == "Running"
+            return bool((await pods_of(port)).get(name, {}).get("status", {}).get("phase") == "Running")
 
         await wait("the pod running", running)
         agent = None
