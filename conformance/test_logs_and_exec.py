@@ -282,10 +282,17 @@ async def test_exec_within_its_timeout_succeeds(target: Target) -> None:
 
 
 async def test_the_ready_check_fails_until_ready_after(target: Target, observe: Observe) -> None:
-    _, cid, _ = await target.running_container("ready", ["--ready-after=1500ms"])
+    # 10 s: an exec right after the start answers "not ready" even on a loaded machine (1.5 s did not)
+    _, cid, _ = await target.running_container("ready", ["--ready-after=10s"])
     early = await exec_sync(target, cid, ["khelper", "check", "ready"])
-    await target.wait(2)
-    late = await exec_sync(target, cid, ["khelper", "check", "ready"])
+    answers: list[api.ExecSyncResponse] = []
+
+    async def ready() -> bool:
+        answers.append(await exec_sync(target, cid, ["khelper", "check", "ready"]))
+        return answers[-1].exit_code == 0
+
+    await target.until(ready, 60, "khelper check ready to succeed")
+    late = answers[-1]
     observe("early", outcome(early))
     observe("late", outcome(late))
     assert outcome(early) == [1, "", "not ready yet\n"]
@@ -293,10 +300,17 @@ async def test_the_ready_check_fails_until_ready_after(target: Target, observe: 
 
 
 async def test_the_health_check_fails_after_unhealthy_after(target: Target) -> None:
-    _, cid, _ = await target.running_container("health", ["--unhealthy-after=1s"])
+    # 10 s: the first check, right after the start, is healthy even on a loaded machine (1 s was not enough)
+    _, cid, _ = await target.running_container("health", ["--unhealthy-after=10s"])
     assert outcome(await exec_sync(target, cid, ["khelper", "check", "healthy"])) == [0, "healthy\n", ""]
-    await target.wait(1.5)
-    assert outcome(await exec_sync(target, cid, ["khelper", "check", "live"])) == [1, "", "unhealthy\n"]
+    answers: list[api.ExecSyncResponse] = []
+
+    async def unhealthy() -> bool:
+        answers.append(await exec_sync(target, cid, ["khelper", "check", "live"]))
+        return answers[-1].exit_code != 0
+
+    await target.until(unhealthy, 60, "khelper check live to fail")
+    assert outcome(answers[-1]) == [1, "", "unhealthy\n"]
 
 
 async def test_exec_in_an_exited_container_is_refused(target: Target, observe: Observe) -> None:
