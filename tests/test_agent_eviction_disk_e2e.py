@@ -77,9 +77,9 @@ async def test_disk_pressure_is_relieved_by_deleting_unused_images_without_evict
         tmp_path: Path, nodes: list[Node]) -> None:
     node = await start(tmp_path, disk_node(), preloaded=[BIG])
     nodes.append(node)
+    assert BIG in await images_on(node)  # there before the pressure (how soon it goes depends on the load)
     node.write("quiet", evictable(pod("quiet", helper("x"))))
     await node.until(lambda p: phase(p, "quiet") == "Running")
-    assert BIG in await images_on(node) or not node.agent.eviction.under("DiskPressure")
     await node.until(lambda p: bool(node_events(node, "EvictionThresholdMet")), limit_s=120)
     await node.advance(30, step_s=1)
     assert BIG not in await images_on(node)  # the unused 6 MB image went: 4Mi free again
