@@ -75,10 +75,13 @@ def evicted_events(node: Node) -> list[tuple[str, str]]:
 
 async def test_disk_pressure_is_relieved_by_deleting_unused_images_without_evicting(
         tmp_path: Path, nodes: list[Node]) -> None:
-    node = await start(tmp_path, disk_node(), preloaded=[BIG])
+    # 14Mi: BIG (6 MB, detected at the start) fits without pressure; the quiet pod's own 3 MiB write brings it,
+    # and removing BIG (older than imageMinimumGCAge by then) relieves it: the writer stays
+    node = await start(tmp_path, disk_node({"kubeharnessNodeCapacity": {"ephemeralStorage": "14Mi"}}),
+                       preloaded=[BIG])
     nodes.append(node)
-    assert BIG in await images_on(node)  # there before the pressure (how soon it goes depends on the load)
-    node.write("quiet", evictable(pod("quiet", helper("x"))))
+    assert BIG in await images_on(node)
+    node.write("quiet", evictable(pod("quiet", helper("x", "--disk-mib=3"))))
     await node.until(lambda p: phase(p, "quiet") == "Running")
     await node.until(lambda p: bool(node_events(node, "EvictionThresholdMet")), limit_s=120)
     await node.advance(30, step_s=1)

@@ -69,6 +69,16 @@ async def images_on(node: Node) -> dict[str, api.Image]:
     return {tag: i for i in reply.images for tag in i.repo_tags}
 
 
+async def pull_image(node: Node, ref: str) -> None:
+    """Pull ``ref`` through CRI, advancing the virtual clock while the pull takes its time."""
+    async with node.channel() as channel:
+        pull = asyncio.ensure_future(api_grpc.ImageServiceStub(channel).PullImage(
+            api.PullImageRequest(image=api.ImageSpec(image=ref))))
+        while not pull.done():
+            await node.advance(0.25)
+        await pull
+
+
 def used_bytes(images: dict[str, api.Image]) -> int:
     return sum({i.id: i.size for i in images.values()}.values())
 
@@ -97,12 +107,7 @@ async def test_image_gc_removes_least_recently_used_unused_images_down_to_the_lo
     (node.manifests / "brief.json").unlink()  # USED is no longer in use, last used at 300 s
     await node.until(lambda p: "brief-node-1" not in p, limit_s=120)
     await node.advance(540 - (node.clock.now_ns() - node.agent.image_gc.began_ns) / 1e9, step_s=1.0)
-    async with node.channel() as channel:  # YOUNG arrives 60 s or so before the next pass (a pull takes clock time)
-        pull = asyncio.ensure_future(api_grpc.ImageServiceStub(channel).PullImage(
-            api.PullImageRequest(image=api.ImageSpec(image=YOUNG))))
-        while not pull.done():
-            await node.advance(0.25)
-        await pull
+    await pull_image(node, YOUNG)  # arrives 60 s or so before the next pass (a pull takes clock time)
     before = await images_on(node)
     assert usage_percent(used_bytes(before), capacity) >= 85
     await node.advance(70, step_s=1.0)  # past the pass at 600 s
