@@ -16,10 +16,11 @@ import asyncio
 import heapq
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 NS_PER_SECOND = 1_000_000_000
+Settle = Callable[[], Awaitable[None]]
 
 
 def seconds_to_ns(seconds: float) -> int:
@@ -109,13 +110,16 @@ class VirtualClock:
         """How many live timers are scheduled (cancelled ones excluded)."""
         return sum(1 for _, _, t in self._heap if not t.cancelled)
 
-    async def advance(self, seconds: float) -> None:
+    async def advance(self, seconds: float, settle: Settle | None = None) -> None:
         """Move time forward by ``seconds``, firing due timers in order and letting woken tasks run."""
-        await self.advance_to(self._now_ns + seconds_to_ns(seconds))
+        await self.advance_to(self._now_ns + seconds_to_ns(seconds), settle)
 
-    async def advance_to(self, target_ns: int) -> None:
-        """Move time forward to ``target_ns`` (never backwards)."""
-        await _settle()
+    async def advance_to(self, target_ns: int, settle: Settle | None = None) -> None:
+        """Move time forward to ``target_ns`` (never backwards). Before time moves on from an instant,
+        ``settle`` (default: a few turns of the loop) lets what the due timers woke run; a caller that knows
+        what is still under way (work beside the loop, I/O) waits for it there."""
+        settle = settle or _settle
+        await settle()
         while self._heap and self._heap[0][0] <= target_ns:
             when, _, timer = heapq.heappop(self._heap)
             if timer.cancelled:
@@ -124,9 +128,9 @@ class VirtualClock:
             timer.callback()
             # Timers due at the same instant run back to back; tasks they woke run before time moves on.
             if not self._heap or self._heap[0][0] > self._now_ns:
-                await _settle()
+                await settle()
         self._now_ns = max(self._now_ns, target_ns)
-        await _settle()
+        await settle()
 
 
 async def _settle(rounds: int = 5) -> None:

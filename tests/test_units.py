@@ -111,6 +111,27 @@ async def test_clock_advance_to_never_goes_backwards_and_timers_chain() -> None:
     assert clock.now_ns() == T0 + 10 * S
 
 
+async def test_clock_advance_waits_for_the_callers_settle_at_every_instant_before_time_moves() -> None:
+    clock = VirtualClock()
+    seen: list[int] = []  # the time whenever the caller's settle ran
+    work: list[int] = []  # work beside the loop that a timer started and the settle lets finish first
+
+    async def settle() -> None:
+        seen.append(clock.now_ns())
+        while work:  # noqa: ASYNC110 (the work is a list, as the agent's in-flight counts are)
+            await asyncio.sleep(0.001)
+
+    def started() -> None:
+        work.append(clock.now_ns())
+        asyncio.get_running_loop().call_later(0.01, work.clear)  # done after real time, not virtual
+
+    clock.call_at(T0 + S, started)
+    clock.call_at(T0 + S, lambda: None)  # same instant: no settle between these two
+    clock.call_at(T0 + 2 * S, lambda: seen.append(-1 if work else 0))  # runs only once the work is done
+    await clock.advance(3, settle=settle)
+    assert seen == [T0, T0 + S, 0, T0 + 2 * S, T0 + 3 * S]
+
+
 # -- behaviour --------------------------------------------------------------------------------------
 
 
