@@ -78,12 +78,20 @@ class Node:
                 await asyncio.sleep(0.002)
 
     async def settle(self, limit_s: float = 10.0) -> None:
-        """Let probes that are under way (real connections to the emulated containers) finish before the
-        virtual clock moves on, so that their timeouts on that clock do not fire while their I/O is still
-        going; a probe that hangs on purpose is given up on after ``limit_s`` of real time."""
+        """Let the agent's work under way finish before the virtual clock moves on: probes (real connections
+        to the emulated containers, whose timeouts on that clock must not fire while their I/O goes on) and
+        the CRI calls a healthy runtime answers at once, so that a slow machine slows the test down instead
+        of making the agent late in virtual time; after ``limit_s`` of real time (a call hung on purpose)
+        the clock moves anyway."""
         deadline = time.monotonic() + limit_s
-        while self.agent.probes.prober.in_flight and time.monotonic() < deadline:  # noqa: ASYNC110 (a count, not an event)
-            await asyncio.sleep(0.01)
+        while time.monotonic() < deadline:
+            for _ in range(3):
+                if self.agent.probes.prober.in_flight or self.agent.client.quick_in_flight:
+                    break
+                await asyncio.sleep(0)
+            else:
+                return
+            await asyncio.sleep(0.002)
 
     async def advance(self, seconds: float, step_s: float = 0.25) -> None:
         """Move the virtual clock by ``seconds`` in steps, settling probes before each."""
