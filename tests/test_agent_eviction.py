@@ -429,3 +429,13 @@ def test_loading_a_file_with_every_eviction_field(tmp_path: Path) -> None:
     c = AgentConfig.load(path)
     assert c.eviction_soft == {"pid.available": EvictionThreshold("pid.available", percent=10, grace_period_s=120)}
     assert "evictionSoft" not in c.ignored and c.warnings == ()
+
+
+def test_a_threshold_on_a_signal_the_agent_does_not_observe_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    observed = set(signals.observe(summary(0)))
+    assert not observed & signals.NOT_OBSERVED  # what the warning says is so
+    caplog.set_level("WARNING", logger="kubeharness.agent.eviction.manager")
+    Harness([HARD_MEMORY, EvictionThreshold("containerfs.available", quantity=GI)], [])
+    warned = [r.getMessage() for r in caplog.records]
+    assert warned == ["eviction manager: the containerfs.available signal is accepted but this agent does not "
+                      "observe it: a threshold on it is never met"]

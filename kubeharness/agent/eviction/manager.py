@@ -218,6 +218,9 @@ class EvictionManager:
                  on_conditions: Callable[[Sequence[str]], None] | None = None,
                  local_storage_capacity_isolation: bool = False) -> None:
         self.thresholds = list(thresholds)
+        for signal in sorted({t.signal for t in self.thresholds} & signals.NOT_OBSERVED):
+            log.warning("eviction manager: the %s signal is accepted but this agent does not observe it: a "
+                        "threshold on it is never met", signal)
         self.clock = clock
         self.summary = summary
         self.active_pods = active_pods

@@ -63,6 +63,11 @@ def _fs(result: dict[str, Observation], fs: FsStats | None, available: str, inod
         result[inodes] = Observation(fs.inodes_free, fs.inodes, fs.time_ns, DECIMAL_SI)
 
 
+# signals kubelet knows that observe() does not give: allocatable memory (kubelet's memcg notifier on the
+# pods' cgroup) and a container filesystem apart from the image filesystem (KEP-4191's split image fs)
+NOT_OBSERVED = frozenset({"allocatableMemory.available", "containerfs.available", "containerfs.inodesFree"})
+
+
 def observe(summary: Summary) -> dict[str, Observation]:
     """Kubelet's makeSignalObservations (Linux) over ``summary``."""
     result: dict[str, Observation] = {}
