@@ -85,6 +85,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     cache: dict[Path, dict[str, str]] = {}
     for item in items:
+        if "target" not in getattr(item, "fixturenames", ()):
+            continue  # not a CRI spec (the node suite keeps its own differences)
         spec_dir = Path(str(item.path)).parent
         known = cache.setdefault(spec_dir, known_differences(spec_dir))
         name = item.name if item.name in known else getattr(item, "originalname", item.name)
@@ -98,8 +100,8 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         entry = _RESULTS.setdefault(report.nodeid, {"outcome": outcome, "observed": {}})
         entry["outcome"] = outcome
         for key, value in report.user_properties:
-            if key == "target":
-                entry["target"] = value
+            if key in ("target", "timeline"):
+                entry[key] = value
             elif key.startswith("observed:"):
                 entry["observed"][key.removeprefix("observed:")] = value
         if report.failed:

@@ -1,0 +1,1 @@
+"""The node conformance specs (see kubeharness.conformance.node)."""

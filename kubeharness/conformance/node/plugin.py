@@ -1,0 +1,93 @@
+"""pytest plugin of the node conformance suite: ``--node-target`` and ``--runtime``, and the ``node`` fixture.
+
+``--node-target=agent`` (the default) runs our agent in the suite's process; ``--runtime=emulator`` (the
+default) puts it beside a CRI emulator on a virtual clock, a node per spec, so ``pytest -n auto`` is fine;
+``--runtime=containerd`` puts it on the real clock on the containerd at ``--cri-endpoint``, or, without
+one, on a containerd the suite brings up itself (``kubeharness env up``, taken down at the end). Nodes on
+containerd share it and must run one at a time: the plugin refuses ``-n`` there.
+
+A spec asks for KubeletConfiguration fields with ``@pytest.mark.node_config(**fields)``. Every spec's
+target name and the timeline of its containers' states go into the conformance observations
+(``--observations FILE``), next to what the spec itself recorded with ``observe``.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kubeharness.conformance.node.agentnode import agent_on_emulator, agent_on_endpoint
+from kubeharness.conformance.node.target import NodeTarget
+
+TARGETS = ("agent",)
+RUNTIMES = ("emulator", "containerd")
+DRAIN_S = {True: 300.0, False: 120.0}  # virtual, real: node seconds for the pods to go at the end
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("kubeharness node conformance")
+    group.addoption("--node-target", default="agent", choices=TARGETS, help="the node under test (default: agent)")
+    group.addoption("--runtime", default="emulator", choices=RUNTIMES,
+                    help="the node's container runtime (default: emulator)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "node_config(**fields): KubeletConfiguration fields for this spec's node")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _env(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kubeharness.cli", "env", *args], capture_output=True, text=True,
+                          timeout=600, check=False)
+
+
+@pytest.fixture(scope="session")
+def containerd_endpoint(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The containerd of ``--cri-endpoint``, or one brought up for the session."""
+    if hasattr(request.config, "workerinput"):
+        raise pytest.UsageError("--runtime=containerd: the nodes share containerd and run one at a time; "
+                                "run without -n")
+    given = str(request.config.getoption("--cri-endpoint", default="") or "")
+    if given:
+        yield given
+        return
+    run_dir = Path(tempfile.mkdtemp(prefix="kubeharness-node-env-"))
+    up = _env("up", "--run-dir", str(run_dir), "--registry-port", str(_free_port()))
+    if up.returncode != 0:
+        _env("down", "--run-dir", str(run_dir))
+        raise pytest.UsageError(f"kubeharness env up failed: {up.stderr.strip()[-2000:]}")
+    try:
+        yield up.stdout.strip()
+    finally:
+        _env("down", "--run-dir", str(run_dir))
+
+
+@pytest.fixture
+async def node(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[NodeTarget]:
+    """The node under test, configured for this spec; its pods are removed and it is stopped afterwards."""
+    marker = request.node.get_closest_marker("node_config")
+    extra: dict[str, Any] = dict(marker.kwargs) if marker else {}
+    runtime = request.config.getoption("--runtime")
+    if runtime == "containerd":
+        target: NodeTarget = await agent_on_endpoint(tmp_path, request.getfixturevalue("containerd_endpoint"), extra)
+    else:
+        target = await agent_on_emulator(tmp_path, extra)
+    request.node.user_properties.append(("target", target.name))
+    try:
+        yield target
+        await target.drain(DRAIN_S[target.virtual])
+    finally:
+        request.node.user_properties.append(("timeline", [s.to_json() for s in target.timeline]))
+        await target.close()
