@@ -23,10 +23,12 @@ from typing import Any
 
 from kubeharness.agent.agent import Agent
 from kubeharness.agent.config.kubelet import AgentConfig
+from kubeharness.agent.pod.labels import POD_NAME, POD_NAMESPACE
 from kubeharness.clock import Clock, RealClock, VirtualClock
 from kubeharness.conformance.node.target import NodeTarget
 from kubeharness.emulators.cri.config import CriConfig
 from kubeharness.emulators.cri.server import CriServer
+from kubeharness.wire.cri import api_pb2 as api
 
 NODE_NAME = "conformance-node"
 SETTLE_LIMIT_S = 10.0  # real seconds a probe under way is waited for before virtual time moves on anyway
@@ -99,6 +101,12 @@ class AgentNode(NodeTarget):
 
     async def events(self) -> list[dict[str, Any]] | None:
         return list(json.loads(await self._get("/events"))["items"])
+
+    async def running(self, full_name: str, namespace: str = "default") -> list[str]:
+        """From CRI ListContainers on the node's runtime (the agent's own client: the same socket)."""
+        containers = await self.agent.client.list_containers()
+        return sorted(c.metadata.name for c in containers if c.state == api.CONTAINER_RUNNING
+                      and c.labels.get(POD_NAME) == full_name and c.labels.get(POD_NAMESPACE) == namespace)
 
     async def close(self) -> None:
         await super().close()

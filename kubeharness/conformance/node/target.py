@@ -162,6 +162,11 @@ class NodeTarget(abc.ABC):
         """The node's events (v1 Event objects), or None where the node does not serve them."""
         return None
 
+    async def running(self, full_name: str, namespace: str = "default") -> list[str]:
+        """The names of the pod's containers that its runtime runs now (a static pod leaves ``/pods`` as
+        soon as its manifest goes, as in kubelet, while its containers are still being stopped)."""
+        raise NotImplementedError(f"{self.name} cannot list its runtime's containers")
+
     def log_files(self, pod: dict[str, Any], container: str) -> dict[str, bytes]:
         """The container's log files in kubelet's layout (``<ns>_<name>_<uid>/<container>/``), by name."""
         meta = pod["metadata"]
