@@ -133,6 +133,7 @@ class FileSource(_SetTracker):
         self.period_s = period_s
         self.poll_interval_s = min(poll_interval_s, period_s)
         self._fingerprint: object = None
+        self._parsed: dict[str, tuple[bytes, list[Pod]]] = {}  # file: its bytes and their pods, last read
 
     async def check_once(self) -> SourceUpdate | None:
         return self.read()
@@ -141,7 +142,9 @@ class FileSource(_SetTracker):
         """Read every manifest now (the step; synchronous, the files are local)."""
         self._fingerprint = self.fingerprint()
         errors: dict[str, str] = {}
-        batches = [(str(file), self._read_file(file, errors)) for file in self._files(errors)]
+        files = self._files(errors)
+        batches = [(str(file), self._read_file(file, errors)) for file in files]
+        self._parsed = {k: v for k, v in self._parsed.items() if k in {str(f) for f in files}}
         pods = self._collect(batches, errors)
         self._report(errors)
         return self._settle(pods)
@@ -198,7 +201,12 @@ class FileSource(_SetTracker):
         # pod path may run any pod (hostPath included), so a link there grants nothing more.
         try:
             data = file.read_bytes()
-            return pods_from_manifest(data, FILE_SOURCE, self.node_name, origin=str(file))
+            cached = self._parsed.get(str(file))
+            if cached is not None and cached[0] == data:
+                return list(cached[1])  # the same bytes: the same (immutable) pods, not parsed again every period
+            pods = pods_from_manifest(data, FILE_SOURCE, self.node_name, origin=str(file))
+            self._parsed[str(file)] = (data, pods)
+            return pods
         except OSError as exc:
             errors[str(file)] = f"cannot read: {exc.strerror or exc}"
         except ManifestError as exc:
