@@ -112,7 +112,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.when != "teardown":
         return
-    props = dict(report.user_properties)
+    props: dict[str, Any] = dict(report.user_properties)
     if "node_time" in props and report.nodeid not in _TIMES:
         node_s, wall_s = props["node_time"]
         _TIMES[report.nodeid] = (str(props.get("target", "")), float(node_s), float(wall_s))
