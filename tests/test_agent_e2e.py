@@ -19,6 +19,7 @@ import pytest
 from kubeharness.agent.agent import Agent
 from kubeharness.agent.config.kubelet import AgentConfig
 from kubeharness.clock import VirtualClock
+from kubeharness.conformance.node.agentnode import settle
 from kubeharness.emulators.cri.config import CriConfig
 from kubeharness.emulators.cri.server import CriServer
 from kubeharness.faults import FaultEngine
@@ -78,20 +79,8 @@ class Node:
                 await asyncio.sleep(0.002)
 
     async def settle(self, limit_s: float = 10.0) -> None:
-        """Let the agent's work under way finish before the virtual clock moves on: probes (real connections
-        to the emulated containers, whose timeouts on that clock must not fire while their I/O goes on) and
-        the CRI calls a healthy runtime answers at once, so that a slow machine slows the test down instead
-        of making the agent late in virtual time; after ``limit_s`` of real time (a call hung on purpose)
-        the clock moves anyway."""
-        deadline = time.monotonic() + limit_s
-        while time.monotonic() < deadline:
-            for _ in range(3):
-                if self.agent.probes.prober.in_flight or self.agent.client.quick_in_flight:
-                    break
-                await asyncio.sleep(0)
-            else:
-                return
-            await asyncio.sleep(0.002)
+        """Let the agent's probes and quick CRI calls under way finish before the virtual clock moves on."""
+        await settle(self.agent, limit_s)
 
     async def advance(self, seconds: float, step_s: float = 0.25) -> None:
         """Move the virtual clock by ``seconds`` in steps, settling probes before each."""

@@ -49,6 +49,22 @@ def pod_cidr() -> str:
     return f"127.{second}.{next(_cidrs) % 256}.0/24"
 
 
+async def settle(agent: Agent, limit_s: float = SETTLE_LIMIT_S) -> None:
+    """Let the agent's work under way finish before virtual time moves: probes (real connections to the
+    emulated containers, whose timeouts on that clock must not fire while their I/O goes on) and CRI calls
+    that a healthy runtime answers at once, so that a slow machine makes a run slower, not the node's timing
+    later. After ``limit_s`` real seconds (a call hung on purpose) time moves anyway."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        for _ in range(3):
+            if agent.probes.prober.in_flight or agent.client.quick_in_flight:
+                break
+            await asyncio.sleep(0)
+        else:
+            return
+        await asyncio.sleep(0.002)
+
+
 def kubelet_config(endpoint: str, root: Path, port: int, extra: dict[str, Any]) -> dict[str, Any]:
     """A standalone node's KubeletConfiguration: static pods from ``root/manifests``, the read-only port on
     loopback, logs under ``root/pods``; ``extra`` fields on top."""
@@ -82,22 +98,7 @@ class AgentNode(NodeTarget):
         if not isinstance(self.clock, VirtualClock):
             await asyncio.sleep(seconds)
             return
-        await self.clock.advance(seconds, settle=self._settle)
-
-    async def _settle(self) -> None:
-        """Let the agent's work under way finish before virtual time moves: probes (real connections to the
-        emulated containers, whose timeouts on that clock must not fire while their I/O goes on) and CRI
-        calls that answer at once, so that a slow machine makes the suite slower, not the node's timing
-        later. Nothing in the suite hangs a call; after ``SETTLE_LIMIT_S`` real seconds time moves anyway."""
-        deadline = time.monotonic() + SETTLE_LIMIT_S
-        while time.monotonic() < deadline:
-            for _ in range(3):
-                if self.agent.probes.prober.in_flight or self.agent.client.quick_in_flight:
-                    break
-                await asyncio.sleep(0)
-            else:
-                return
-            await asyncio.sleep(0.002)
+        await self.clock.advance(seconds, settle=lambda: settle(self.agent))
 
     async def events(self) -> list[dict[str, Any]] | None:
         return list(json.loads(await self._get("/events"))["items"])
