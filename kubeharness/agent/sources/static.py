@@ -144,7 +144,8 @@ class FileSource(_SetTracker):
         errors: dict[str, str] = {}
         files = self._files(errors)
         batches = [(str(file), self._read_file(file, errors)) for file in files]
-        self._parsed = {k: v for k, v in self._parsed.items() if k in {str(f) for f in files}}
+        present = {str(f) for f in files}
+        self._parsed = {k: v for k, v in self._parsed.items() if k in present}
         pods = self._collect(batches, errors)
         self._report(errors)
         return self._settle(pods)

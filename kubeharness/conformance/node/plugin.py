@@ -15,7 +15,6 @@ for the whole session (the benchmark of issue 14: at least 300x on agent+emulato
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from kubeharness.conformance.node.agentnode import agent_on_emulator, agent_on_endpoint
+from kubeharness.conformance.node.agentnode import agent_on_emulator, agent_on_endpoint, free_port
 from kubeharness.conformance.node.target import NodeTarget
 
 TARGETS = ("agent",)
@@ -45,12 +44,6 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "node_config(**fields): KubeletConfiguration fields for this spec's node")
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _env(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "kubeharness.cli", "env", *args], capture_output=True, text=True,
                           timeout=600, check=False)
@@ -67,7 +60,7 @@ def containerd_endpoint(request: pytest.FixtureRequest) -> Iterator[str]:
         yield given
         return
     run_dir = Path(tempfile.mkdtemp(prefix="kubeharness-node-env-"))
-    up = _env("up", "--run-dir", str(run_dir), "--registry-port", str(_free_port()))
+    up = _env("up", "--run-dir", str(run_dir), "--registry-port", str(free_port()))
     if up.returncode != 0:
         _env("down", "--run-dir", str(run_dir))
         raise pytest.UsageError(f"kubeharness env up failed: {up.stderr.strip()[-2000:]}")
