@@ -28,6 +28,7 @@ from kubeharness.agent.pod.labels import POD_NAMESPACE
 from kubeharness.agent.pod.quantity import to_units
 from kubeharness.agent.stats.host import meminfo, memory_working_set
 from kubeharness.clock import RealClock
+from kubeharness.conformance.node.agentnode import kubelet_config
 from kubeharness.wire.cri import api_pb2 as api
 from kubeharness.wire.cri import api_pb2_grpc as api_grpc
 from tests.conftest import containerd_env, free_port
@@ -78,14 +79,9 @@ async def test_a_container_allocating_past_the_threshold_is_evicted_on_container
     threshold = f"{available - MARGIN_MI}Mi"
     (tmp_path / "manifests").mkdir()
     port = free_port()
-    config = AgentConfig.from_dict({
-        "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
-        "containerRuntimeEndpoint": endpoint, "staticPodPath": str(tmp_path / "manifests"),
-        "fileCheckFrequency": "1s", "syncFrequency": "2s", "readOnlyPort": port, "address": "127.0.0.1",
-        "healthzPort": 0, "podLogsDir": str(tmp_path / "pods"), "clusterDNS": ["10.96.0.10"],
-        "clusterDomain": "cluster.local", "evictionHard": {"memory.available": threshold},
-        "evictionPressureTransitionPeriod": "30s",
-    }, node_name=NODE, root_dir=str(tmp_path / "kubelet"))
+    config = AgentConfig.from_dict(kubelet_config(endpoint, tmp_path, port, {
+        "evictionHard": {"memory.available": threshold}, "evictionPressureTransitionPeriod": "30s",
+    }), node_name=NODE, root_dir=str(tmp_path / "kubelet"))
     agent = Agent(config, RealClock())
     await agent.start()
     manifest = tmp_path / "manifests" / "hog.json"

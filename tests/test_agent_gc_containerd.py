@@ -43,6 +43,7 @@ from kubeharness.agent.config.kubelet import AgentConfig
 from kubeharness.agent.gc import images as igc
 from kubeharness.agent.pod.labels import POD_NAMESPACE
 from kubeharness.clock import RealClock
+from kubeharness.conformance.node.agentnode import kubelet_config
 from kubeharness.wire.cri import api_pb2 as api
 from kubeharness.wire.cri import api_pb2_grpc as api_grpc
 from tests.conftest import containerd_env, free_port
@@ -61,13 +62,7 @@ def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def agent_config(endpoint: str, root: Path, port: int, **extra: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
-        "containerRuntimeEndpoint": endpoint, "staticPodPath": str(root / "manifests"),
-        "fileCheckFrequency": "1s", "syncFrequency": "2s", "readOnlyPort": port, "address": "127.0.0.1",
-        "healthzPort": 0, "podLogsDir": str(root / "pods"), "clusterDNS": ["10.96.0.10"],
-        "clusterDomain": "cluster.local", **extra,
-    }
+    return kubelet_config(endpoint, root, port, extra)
 
 
 async def ours(endpoint: str) -> tuple[list[api.PodSandbox], list[api.Container]]:

@@ -25,6 +25,7 @@ from kubeharness.agent.logs import files
 from kubeharness.agent.logs.rotation import all_logs
 from kubeharness.agent.pod.labels import POD_NAMESPACE
 from kubeharness.clock import RealClock
+from kubeharness.conformance.node.agentnode import kubelet_config
 from kubeharness.wire.cri import api_pb2 as api
 from kubeharness.wire.cri import api_pb2_grpc as api_grpc
 from tests.conftest import containerd_env, free_port
@@ -66,14 +67,9 @@ async def test_containerd_logs_rotate_for_real(endpoint: str, tmp_path: Path,
                                                record_testsuite_property: Callable[[str, object], None]) -> None:
     (tmp_path / "manifests").mkdir()
     port = free_port()
-    config = AgentConfig.from_dict({
-        "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
-        "containerRuntimeEndpoint": endpoint, "staticPodPath": str(tmp_path / "manifests"),
-        "fileCheckFrequency": "1s", "syncFrequency": "2s", "readOnlyPort": port, "address": "127.0.0.1",
-        "healthzPort": 0, "podLogsDir": str(tmp_path / "pods"), "clusterDNS": ["10.96.0.10"],
-        "clusterDomain": "cluster.local", "containerLogMaxSize": "64Ki", "containerLogMaxFiles": 3,
-        "containerLogMonitorInterval": "3s",
-    }, node_name=NODE, root_dir=str(tmp_path / "kubelet"))
+    config = AgentConfig.from_dict(kubelet_config(endpoint, tmp_path, port, {
+        "containerLogMaxSize": "64Ki", "containerLogMaxFiles": 3, "containerLogMonitorInterval": "3s",
+    }), node_name=NODE, root_dir=str(tmp_path / "kubelet"))
     agent = Agent(config, RealClock())
     await agent.start()
     manifest = tmp_path / "manifests" / "chatty.json"

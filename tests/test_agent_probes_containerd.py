@@ -35,6 +35,7 @@ from kubeharness.agent.agent import Agent
 from kubeharness.agent.config.kubelet import AgentConfig
 from kubeharness.agent.pod.labels import POD_NAME, POD_NAMESPACE
 from kubeharness.clock import RealClock
+from kubeharness.conformance.node.agentnode import kubelet_config
 from kubeharness.wire.cri import api_pb2 as api
 from kubeharness.wire.cri import api_pb2_grpc as api_grpc
 from tests.conftest import containerd_env, free_port
@@ -262,13 +263,8 @@ async def node(endpoint: str, tmp_path_factory: pytest.TempPathFactory,
     for sub in ("manifests", "staging"):
         (root / sub).mkdir()
     port = free_port()
-    config = AgentConfig.from_dict({
-        "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
-        "containerRuntimeEndpoint": endpoint, "staticPodPath": str(root / "manifests"),
-        "fileCheckFrequency": "1s", "syncFrequency": "2s", "readOnlyPort": port, "address": "127.0.0.1",
-        "healthzPort": 0, "podLogsDir": str(root / "pods"), "clusterDNS": ["10.96.0.10"],
-        "clusterDomain": "cluster.local",
-    }, node_name=NODE, root_dir=str(root / "kubelet"))
+    config = AgentConfig.from_dict(kubelet_config(endpoint, root, port, {}), node_name=NODE,
+                                   root_dir=str(root / "kubelet"))
     agent = Agent(config, RealClock())
     await agent.start()
     node = RealNode(root, endpoint, agent, port, record_testsuite_property)
