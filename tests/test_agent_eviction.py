@@ -12,7 +12,8 @@ import pytest
 from kubeharness.agent.config.kubelet import AgentConfig, ConfigError, EvictionThreshold, ReclaimValue
 from kubeharness.agent.events import Recorder
 from kubeharness.agent.eviction import rank, signals
-from kubeharness.agent.eviction.manager import Eviction, EvictionManager, eviction_message, is_critical
+from kubeharness.agent.eviction.manager import Eviction, EvictionManager, is_critical
+from kubeharness.agent.eviction.messages import eviction_message
 from kubeharness.agent.pod.defaults import pod_from_object
 from kubeharness.agent.pod.model import Pod
 from kubeharness.agent.stats.types import (

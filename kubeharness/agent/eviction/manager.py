@@ -39,13 +39,16 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kubeharness.agent.config.kubelet import EvictionThreshold, quantity_format_of
+from kubeharness.agent.config.kubelet import EvictionThreshold
 from kubeharness.agent.events import WARNING, Recorder
 from kubeharness.agent.eviction import rank, signals
+from kubeharness.agent.eviction.messages import (
+    ephemeral_storage_violation,
+    eviction_message,
+)
 from kubeharness.agent.eviction.signals import (
     DISK_PRESSURE,
     DISK_SIGNALS,
-    EPHEMERAL_STORAGE,
     IMAGEFS_AVAILABLE,
     IMAGEFS_INODES_FREE,
     MEMORY,
@@ -54,10 +57,10 @@ from kubeharness.agent.eviction.signals import (
     SIGNAL_TO_CONDITION,
     SIGNAL_TO_RESOURCE,
     Observation,
-    go_quantity,
 )
+from kubeharness.agent.nodestatus.node import PRESSURE_TEXTS
 from kubeharness.agent.pod.model import Pod
-from kubeharness.agent.pod.qos import BEST_EFFORT, STATIC_SOURCES, SYSTEM_CRITICAL_PRIORITY, pod_limits, pod_qos
+from kubeharness.agent.pod.qos import BEST_EFFORT, STATIC_SOURCES, SYSTEM_CRITICAL_PRIORITY, pod_qos
 from kubeharness.agent.stats.types import PodStats, Summary
 from kubeharness.clock import Clock, seconds_to_ns
 
@@ -73,8 +76,6 @@ CLEANUP_TIMEOUT_S, CLEANUP_POLL_S = 30.0, 1.0
 MEMORY_PRESSURE_TAINT = "node.kubernetes.io/memory-pressure"
 CONDITION_ORDER = (MEMORY_PRESSURE, DISK_PRESSURE, PID_PRESSURE)
 # kubelet's containerEphemeralStorageMessageFmt and podEphemeralStorageMessageFmt
-CONTAINER_EPHEMERAL_STORAGE_MESSAGE = "Container {} exceeded its local ephemeral storage limit \"{}\". "
-POD_EPHEMERAL_STORAGE_MESSAGE = "Pod ephemeral local storage usage exceeds the total limit of containers {}. "
 
 Reclaim = Callable[[], Awaitable[object]]
 
@@ -97,89 +98,6 @@ def tolerates_memory_pressure(pod: Pod) -> bool:
         if operator in ("Equal", "") and key == MEMORY_PRESSURE_TAINT and t.get("value", "") == "":
             return True
     return False
-
-
-def _raw_quantity(pod: Pod, container_name: str, kind: str, resource: str) -> Any:
-    """The quantity as written in the manifest (``kind``: requests or limits), None when there is none."""
-    spec = pod.raw.get("spec") if isinstance(pod.raw, dict) else None
-    raw: Any = None
-    for key in ("containers", "initContainers"):
-        for c in (spec.get(key) or []) if isinstance(spec, dict) else []:
-            if isinstance(c, dict) and c.get("name") == container_name:
-                raw = ((c.get("resources") or {}).get(kind) or {}).get(resource)
-    return raw
-
-
-def _request_string(pod: Pod, container_name: str, resource: str, amount: int) -> str:
-    """The container's request as Go prints the quantity it was written as (``0`` when there is none)."""
-    raw = _raw_quantity(pod, container_name, "requests", resource)
-    if raw is None or not amount:
-        return "0"
-    return go_quantity(amount, quantity_format_of(raw))
-
-
-def _limit_string(pod: Pod, container_name: str, amount: int) -> str:
-    """An ephemeral-storage limit as Go prints the quantity it was written as."""
-    raw = _raw_quantity(pod, container_name, "limits", EPHEMERAL_STORAGE)
-    return go_quantity(amount, quantity_format_of(raw)) if raw is not None else go_quantity(amount)
-
-
-def _used(fs: Any) -> int:
-    return (fs.used_bytes or 0) if fs is not None else 0
-
-
-def ephemeral_storage_violation(pod: Pod, stats: PodStats, dedicated_image_fs: bool) -> str | None:
-    """Kubelet's podEphemeralStorageLimitEviction then containerEphemeralStorageLimitEviction: the eviction
-    message when ``pod`` is over the sum of its containers' ephemeral-storage limits or one container over
-    its own, else None."""
-    limit = pod_limits(pod).get(EPHEMERAL_STORAGE)
-    if limit is not None:
-        usage = _used(stats.ephemeral_storage)
-        if usage > limit:
-            first = next((c.name for c in (*pod.spec.containers, *pod.spec.init_containers)
-                          if EPHEMERAL_STORAGE in c.resources.limits), "")
-            return POD_EPHEMERAL_STORAGE_MESSAGE.format(_limit_string(pod, first, limit))
-    limits = {c.name: c.resources.limits[EPHEMERAL_STORAGE] for c in pod.spec.containers
-              if c.resources.limits.get(EPHEMERAL_STORAGE)}
-    for cs in stats.containers:
-        if cs.name not in limits:
-            continue
-        used = _used(cs.logs) + (0 if dedicated_image_fs else _used(cs.rootfs))
-        if used > limits[cs.name]:
-            return CONTAINER_EPHEMERAL_STORAGE_MESSAGE.format(cs.name, _limit_string(pod, cs.name, limits[cs.name]))
-    return None
-
-
-def eviction_message(resource: str, pod: Pod, stats: PodStats | None, thresholds: Sequence[EvictionThreshold],
-                     observations: Mapping[str, Observation]) -> str:
-    """Kubelet's evictionMessage: the starved resource, the threshold and what was available, and each container
-    using more than it requested."""
-    message = f"The node was low on resource: {resource}. "
-    for t in thresholds:
-        observed = observations.get(t.signal)
-        if SIGNAL_TO_RESOURCE.get(t.signal) == resource and observed is not None:
-            available = go_quantity(observed.available, observed.quantity_format)
-            message += f"Threshold quantity: {signals.threshold_string(t, observed)}, available: {available}. "
-            break
-    if stats is None:
-        return message
-    containers = {c.name: c for c in (*pod.spec.containers, *pod.spec.init_containers)}
-    for cs in stats.containers:
-        container = containers.get(cs.name)
-        if container is None:
-            continue
-        usage: int | None = None
-        if resource == EPHEMERAL_STORAGE:
-            if cs.rootfs is not None and cs.rootfs.used_bytes is not None and cs.logs is not None \
-                    and cs.logs.used_bytes is not None:
-                usage = cs.rootfs.used_bytes + cs.logs.used_bytes
-        elif resource == MEMORY and cs.memory is not None:
-            usage = cs.memory.working_set_bytes
-        request = container.resources.requests.get(resource, 0)
-        if usage is not None and usage > request:
-            message += (f"Container {cs.name} was using {go_quantity(usage)}, request is "
-                        f"{_request_string(pod, cs.name, resource, request)}, has larger consumption of {resource}. ")
-    return message
 
 
 @dataclass(frozen=True)
@@ -417,18 +335,10 @@ class EvictionManager:
         from kubeharness.agent.status.podstatus import rfc3339
 
         now = rfc3339(self.clock.now_ns() if now_ns is None else now_ns)
-        texts = {
-            MEMORY_PRESSURE: (("KubeletHasInsufficientMemory", "kubelet has insufficient memory available"),
-                              ("KubeletHasSufficientMemory", "kubelet has sufficient memory available")),
-            DISK_PRESSURE: (("KubeletHasDiskPressure", "kubelet has disk pressure"),
-                            ("KubeletHasNoDiskPressure", "kubelet has no disk pressure")),
-            PID_PRESSURE: (("KubeletHasInsufficientPID", "kubelet has insufficient PID available"),
-                           ("KubeletHasSufficientPID", "kubelet has sufficient PID available")),
-        }
         result = []
         for c in CONDITION_ORDER:
             pressure = c in self.node_conditions
-            reason, message = texts[c][0 if pressure else 1]
+            reason, message = PRESSURE_TEXTS[c][pressure]
             since = self.conditions_since_ns.get(c)
             result.append({"type": c, "status": "True" if pressure else "False", "lastHeartbeatTime": now,
                            "lastTransitionTime": rfc3339(since) if since is not None else now,

@@ -34,7 +34,7 @@ MEMORY_PRESSURE, DISK_PRESSURE, PID_PRESSURE, READY = "MemoryPressure", "DiskPre
 PRESSURES = (MEMORY_PRESSURE, DISK_PRESSURE, PID_PRESSURE)
 KUBELET_VERSION = f"v{__version__}-kubeharness"
 # condition -> ((reason, message) while False, (reason, message) while True), kubelet's texts
-_TEXTS = {
+PRESSURE_TEXTS = {
     MEMORY_PRESSURE: (("KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
                       ("KubeletHasInsufficientMemory", "kubelet has insufficient memory available")),
     DISK_PRESSURE: (("KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
@@ -122,7 +122,7 @@ class NodeStatus:
         result = []
         for kind in PRESSURES:
             on = self.pressure[kind]
-            reason, message = _TEXTS[kind][on]
+            reason, message = PRESSURE_TEXTS[kind][on]
             result.append(self._condition(kind, on, reason, message, now))
         why = self.not_ready()
         if why is None:
