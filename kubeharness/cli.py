@@ -25,6 +25,7 @@ import logging
 import sys
 from pathlib import Path
 
+from kubeharness.agent.flags import add_arguments as agent_arguments
 from kubeharness.errors import KubeharnessError
 from kubeharness.memtune import keep_large_buffers
 
@@ -268,10 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
                              help="what the shim execs without a server (default: kubeharness-cni beside this Python)")
     cni_install.set_defaults(func=_cni)
 
-    agent = sub.add_parser("agent", help="the kubelet-like node agent")
-    agent.add_argument("--config", required=True, help="a KubeletConfiguration file (kubelet.config.k8s.io/v1beta1)")
-    agent.add_argument("--node-name", help="this node's name (default: the hostname)")
-    agent.add_argument("--root-dir", help="the agent's directory (default /var/lib/kubelet)")
+    agent = sub.add_parser("agent", help="the kubelet-like node agent (takes kubelet's flags)")
+    agent_arguments(agent)
     agent.set_defaults(func=_agent)
 
     bench = sub.add_parser("bench", help="benchmarks that print figures").add_subparsers(dest="target", required=True)

@@ -6,6 +6,9 @@ default) puts it beside a CRI emulator on a virtual clock, a node per spec, so `
 one, on a containerd the suite brings up itself (``kubeharness env up``, taken down at the end). Nodes on
 containerd share it and must run one at a time: the plugin refuses ``-n`` there.
 
+``--node-target=kubelet --kubelet-binary=PATH`` starts that binary per spec as a standalone kubelet
+(:mod:`kubeletnode`), on a CRI emulator of its own (real clock) or on the containerd above.
+
 A spec asks for KubeletConfiguration fields with ``@pytest.mark.node_config(**fields)``. Every spec's
 target name and the timeline of its containers' states go into the conformance observations
 (``--observations FILE``), next to what the spec itself recorded with ``observe``. At the end the
@@ -26,9 +29,10 @@ from typing import Any
 import pytest
 
 from kubeharness.conformance.node.agentnode import agent_on_emulator, agent_on_endpoint, free_port
+from kubeharness.conformance.node.kubeletnode import kubelet_node
 from kubeharness.conformance.node.target import NodeTarget
 
-TARGETS = ("agent",)
+TARGETS = ("agent", "kubelet")
 RUNTIMES = ("emulator", "containerd")
 DRAIN_S = {True: 300.0, False: 120.0}  # virtual, real: node seconds for the pods to go at the end
 
@@ -38,6 +42,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--node-target", default="agent", choices=TARGETS, help="the node under test (default: agent)")
     group.addoption("--runtime", default="emulator", choices=RUNTIMES,
                     help="the node's container runtime (default: emulator)")
+    group.addoption("--kubelet-binary", default="", metavar="PATH",
+                    help="--node-target=kubelet: the kubelet binary (or a stand-in taking kubelet's flags)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -75,11 +81,7 @@ async def node(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
     """The node under test, configured for this spec; its pods are removed and it is stopped afterwards."""
     marker = request.node.get_closest_marker("node_config")
     extra: dict[str, Any] = dict(marker.kwargs) if marker else {}
-    runtime = request.config.getoption("--runtime")
-    if runtime == "containerd":
-        target: NodeTarget = await agent_on_endpoint(tmp_path, request.getfixturevalue("containerd_endpoint"), extra)
-    else:
-        target = await agent_on_emulator(tmp_path, extra)
+    target = await _start(request, tmp_path, extra)
     request.node.user_properties.append(("target", target.name))
     wall = time.monotonic()
     try:
@@ -92,6 +94,18 @@ async def node(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
         await target.drain(DRAIN_S[target.virtual])
     finally:
         await target.close()
+
+
+async def _start(request: pytest.FixtureRequest, root: Path, extra: dict[str, Any]) -> NodeTarget:
+    config = request.config
+    kind, runtime = config.getoption("--node-target"), config.getoption("--runtime")
+    endpoint = str(request.getfixturevalue("containerd_endpoint")) if runtime == "containerd" else None
+    if kind == "agent":
+        return await (agent_on_endpoint(root, endpoint, extra) if endpoint else agent_on_emulator(root, extra))
+    binary = str(config.getoption("--kubelet-binary"))
+    if not binary:
+        raise pytest.UsageError("--node-target=kubelet needs --kubelet-binary=PATH")
+    return await kubelet_node(root, binary, extra, endpoint)
 
 
 _TIMES: dict[str, tuple[str, float, float]] = {}  # spec: (target, node seconds, wall seconds)
