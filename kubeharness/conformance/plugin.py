@@ -94,10 +94,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.xfail(strict=True, reason=f"known difference: {known[name]}"))
 
 
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+TEARDOWN_PROPERTIES = ("node_time", "timeline")  # what the node fixture records only once its spec is over
+
+
+def record_report(results: dict[str, dict[str, Any]], report: pytest.TestReport) -> None:
+    """Add one phase's report to ``results``: the outcome and observations of the spec's setup or call, and
+    from its teardown the node fixture's ``node_time`` and ``timeline`` (put there after the call's report)."""
+    if report.when == "teardown":
+        entry = results.get(report.nodeid)
+        if entry is not None:
+            for key, value in report.user_properties:
+                if key in TEARDOWN_PROPERTIES:
+                    entry[key] = value
+        return
     if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
         outcome = "known difference" if hasattr(report, "wasxfail") else report.outcome
-        entry = _RESULTS.setdefault(report.nodeid, {"outcome": outcome, "observed": {}})
+        entry = results.setdefault(report.nodeid, {"outcome": outcome, "observed": {}})
         entry["outcome"] = outcome
         for key, value in report.user_properties:
             if key in ("target", "timeline"):
@@ -106,6 +118,10 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
                 entry["observed"][key.removeprefix("observed:")] = value
         if report.failed:
             entry["failure"] = str(report.longrepr).strip().splitlines()[-1][:500] if report.longrepr else ""
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    record_report(_RESULTS, report)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -67,7 +67,7 @@ class KubeletNode(NodeTarget):
         self._began = self.now_s()
 
     def now_s(self) -> float:
-        return time.monotonic()
+        return time.time()  # the clock of the timestamps in /pods (the node's own, on this machine)
 
     async def wait(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
