@@ -23,7 +23,9 @@ from kubeharness.conformance.node.timeline import (
     drift,
     first_divergence,
     lanes,
+    marked_sequence,
     node_suffix,
+    reconcilable,
     segments,
     sequences,
     state_sequence,
@@ -191,11 +193,14 @@ def test_the_page_draws_each_target_on_the_shared_axis_with_a_lane_per_container
     assert shared in ref_svg and shared in other_svg  # the reference drawn to the other's (longer) end
     assert _ticks(ref_svg) == _ticks(other_svg) and len(_ticks(ref_svg)) >= 5
     assert re.findall(r'class="lane"[^>]*>([^<]*)<', ref_svg) == ["loop/app"]
-    # the second back-off: from 15 s on the reference, 10 s later on the other, at the same scale
-    assert "loop/app: waiting:CrashLoopBackOff from 15 s" in ref_svg
-    assert "loop/app: waiting:CrashLoopBackOff from 25 s" in other_svg
-    x_of = {svg: float(re.search(r'<rect class="waiting" x="([\d.]+)"[^>]*><title>loop/app: waiting:CrashLoopBackOff '
-                                 r'from (?:15|25) s', svg).group(1)) for svg in (ref_svg, other_svg)}  # type: ignore[union-attr]
+    # the second back-off: from its time on the reference, 10 s later on the other, at the same scale
+    backoffs = [s["t"] for s in _entry(reference, LOOP)["timeline"] if s["state"] == "waiting:CrashLoopBackOff"]
+    second = f"{backoffs[1]:g}"
+    assert f"loop/app: waiting:CrashLoopBackOff from {second} s" in ref_svg
+    assert f"loop/app: waiting:CrashLoopBackOff from {backoffs[1] + 10:g} s" in other_svg
+    x_of = {svg: float(re.search(rf'<rect class="waiting" x="([\d.]+)"[^>]*><title>loop/app: waiting:CrashLoopBackOff '
+                                 rf'from {t:g} s', svg).group(1))  # type: ignore[union-attr]
+            for svg, t in ((ref_svg, backoffs[1]), (other_svg, backoffs[1] + 10))}
     assert x_of[other_svg] - x_of[ref_svg] == pytest.approx(10 / (ref_end + 10) * timeline_html.PLOT_W, abs=0.2)
     assert len(re.findall('class="restart"', ref_svg)) == 8 and 'class="ready"' in ref_svg
     for svg in _svgs(page, INITS):
@@ -264,6 +269,20 @@ def test_the_node_name_is_left_out_of_the_lanes_only_when_two_pods_show_it() -> 
 def test_segments_run_to_the_next_change_and_the_last_to_the_end() -> None:
     got = segments([_s(1, "waiting"), _s(3, "running", ready=True)], 10)
     assert [(g.start_s, g.end_s, g.kind, g.ready) for g in got] == [(1, 3, "waiting", False), (3, 10, "running", True)]
+
+
+def test_a_state_too_brief_for_a_slower_reader_may_be_missing_but_no_other() -> None:
+    creating = "waiting:ContainerCreating"
+    fast = marked_sequence([_s(1, creating), _s(2, "running"), _s(3, "terminated:Completed")], 10, 3.0)
+    assert fast == [(creating, True), ("running", True), ("terminated:Completed", False)]
+    slow = marked_sequence([_s(2, "running"), _s(4, "terminated:Completed")], 10, 3.0)
+    assert reconcilable(fast, slow) and reconcilable(slow, fast)  # it missed what lasted a second each
+    long_wait = marked_sequence([_s(1, creating), _s(9, "running"), _s(10, "terminated:Completed")], 12, 3.0)
+    assert not reconcilable(long_wait, slow)  # eight seconds creating are no reader's blind spot
+    error = marked_sequence([_s(0, "running"), _s(5, "terminated:Error"), _s(6, "running")], 9, 3.0)
+    oom = marked_sequence([_s(0, "running"), _s(5, "terminated:OOMKilled"), _s(6, "running")], 9, 3.0)
+    assert not reconcilable(error, oom)  # each brief, but in the same place: they differ
+    assert not reconcilable(fast, [*fast, ("waiting:CrashLoopBackOff", False)])  # the last state counts
 
 
 def test_the_differences_of_a_spec_per_target_against_the_reference() -> None:

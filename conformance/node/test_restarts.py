@@ -62,7 +62,8 @@ async def test_a_container_that_exits_under_a_policy_that_restarts_it(
 
 
 async def test_the_crash_loop_backoff_doubles_from_10_s_to_300_s(node: NodeTarget) -> None:
-    node.write("loop", pod("loop", khelper("app", "--exit-after=1s", "--exit-code=2")))
+    # each run lasts three reads: its start and its exit are seen even where the restart is immediate
+    node.write("loop", pod("loop", khelper("app", "--exit-after=3s", "--exit-code=2")))
     name = node.pod_name("loop")
     started: dict[int, float] = {}  # instance n (restartCount n while it is current): its start and its exit
     finished: dict[int, float] = {}
@@ -89,7 +90,10 @@ async def test_the_crash_loop_backoff_doubles_from_10_s_to_300_s(node: NodeTarge
             finished[previous] = stamp(last["finishedAt"])
         return all(n in started and n - 1 in finished for n in range(1, len(want) + 1))
 
-    await node.until(progress, sum(want) + 60 * len(want), "the restarts")
+    try:
+        await node.until(progress, sum(want) + 60 * len(want), "the restarts")
+    except AssertionError as err:
+        raise AssertionError(f"starts seen {started}, exits seen {finished}: {err}") from None
     assert saw_backoff
     # restart n waits from the exit of instance n - 1 to the start of instance n (kubelet's backoff window)
     got = [started[n] - finished[n - 1] for n in range(1, len(want) + 1)]

@@ -15,6 +15,7 @@ end that all the target's pod names share, from its first ``-`` (see :func:`node
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -124,9 +125,43 @@ def state_sequence(lane_samples: list[Sample]) -> list[str]:
     return seq
 
 
+def marked_sequence(lane_samples: list[Sample], end: float, brief_s: float) -> list[tuple[str, bool]]:
+    """The state sequence, each state marked brief if it lasted under ``brief_s`` node seconds (the last
+    never is): a brief state is one that a target reading its pods less often, or later, may not see."""
+    parts = runs(segments(lane_samples, end), key=lambda seg: seg.state)
+    return [(seg.state, stop - start < brief_s and i < len(parts) - 1) for i, (start, stop, seg) in enumerate(parts)]
+
+
+def reconcilable(a: list[tuple[str, bool]], b: list[tuple[str, bool]]) -> bool:
+    """Whether two marked sequences tell the same story: they align with brief states left over, between
+    two aligned states, on one side only (two different brief states in the same place are a difference).
+    A node on the real clock read twice a second never sees the milliseconds of
+    ``waiting:ContainerCreating`` that a virtual clock shows, nor, always, a container that ran for a
+    second; neither is a difference."""
+    n, m = len(a), len(b)
+
+    @functools.cache
+    def fits(i: int, j: int, dropped: int) -> bool:  # dropped since the last aligned pair: 0 none, 1 a's, 2 b's
+        if i == n and j == m:
+            return True
+        if i < n and j < m and a[i][0] == b[j][0] and fits(i + 1, j + 1, 0):
+            return True
+        if i < n and a[i][1] and dropped != 2 and fits(i + 1, j, 1):
+            return True
+        return j < m and b[j][1] and dropped != 1 and fits(i, j + 1, 2)
+
+    return fits(0, 0, 0)
+
+
 def sequences(entry: dict[str, Any], suffix: str = "") -> dict[Lane, tuple[list[str], int]]:
     """Per lane: its state sequence and its last restart count."""
     return {lane: (state_sequence(got), got[-1].restarts) for lane, got in lanes(entry, suffix).items()}
+
+
+def marked_sequences(entry: dict[str, Any], brief_s: float, suffix: str = "") -> dict[Lane, list[tuple[str, bool]]]:
+    """Per lane: its :func:`marked_sequence`."""
+    end = end_s(entry)
+    return {lane: marked_sequence(got, end, brief_s) for lane, got in lanes(entry, suffix).items()}
 
 
 def first_divergence(a: list[str], b: list[str]) -> int | None:
