@@ -14,6 +14,7 @@
     kubeharness cni install --bin-dir DIR [--socket PATH] [--fallback FILE]
     kubeharness env up|down|status [--run-dir DIR] [--registry-port N] [--cni bridge|kubeharness]
     kubeharness faults list|load PLAN|replace PLAN|clear|fired --control SOCKET
+    kubeharness kind bridge [--cluster NAME | --node CONTAINER] --listen PATH [--socket PATH]
     kubeharness demo [--faults PLAN]
 """
 
@@ -27,6 +28,7 @@ from pathlib import Path
 
 from kubeharness.agent.flags import add_arguments as agent_arguments
 from kubeharness.errors import KubeharnessError
+from kubeharness.kind.command import add_parser as add_kind_parser
 from kubeharness.memtune import keep_large_buffers
 
 
@@ -372,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
                              help="pod networks from the Debian bridge plugin or from kubeharness-cni (real mode)")
         one.set_defaults(func=_env)
 
+    add_kind_parser(sub)
     demo = sub.add_parser("demo", help="start the emulators, run a few pods through their lifecycle, print it")
     demo.add_argument("--faults", metavar="PLAN",
                       help="instead: two pods on an emulator with this fault plan (one opted in), and what fired")

@@ -9,6 +9,11 @@ containerd share it and must run one at a time: the plugin refuses ``-n`` there.
 ``--node-target=kubelet --kubelet-binary=PATH`` starts that binary per spec as a standalone kubelet
 (:mod:`kubeletnode`), on a CRI emulator of its own (real clock) or on the containerd above.
 
+``--node-target=kind [--kind-cluster=NAME] [--kind-node=CONTAINER] [--docker-host=URL]`` drives a kind
+cluster's node through its Docker engine (:mod:`kindnode`), on the node's own kubelet and containerd
+(``--runtime`` does not apply); specs run one at a time, as they share the node, and those that need
+KubeletConfiguration fields are skipped (the node runs the cluster's configuration).
+
 A spec asks for KubeletConfiguration fields with ``@pytest.mark.node_config(**fields)``. Every spec's
 target name and the timeline of its containers' states go into the conformance observations
 (``--observations FILE``), next to what the spec itself recorded with ``observe``. At the end the
@@ -29,10 +34,11 @@ from typing import Any
 import pytest
 
 from kubeharness.conformance.node.agentnode import agent_on_emulator, agent_on_endpoint, free_port
+from kubeharness.conformance.node.kindnode import kind_node
 from kubeharness.conformance.node.kubeletnode import kubelet_node
 from kubeharness.conformance.node.target import NodeTarget
 
-TARGETS = ("agent", "kubelet")
+TARGETS = ("agent", "kubelet", "kind")
 RUNTIMES = ("emulator", "containerd")
 DRAIN_S = {True: 300.0, False: 120.0}  # virtual, real: node seconds for the pods to go at the end
 
@@ -44,6 +50,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="the node's container runtime (default: emulator)")
     group.addoption("--kubelet-binary", default="", metavar="PATH",
                     help="--node-target=kubelet: the kubelet binary (or a stand-in taking kubelet's flags)")
+    group.addoption("--kind-cluster", default="kind", metavar="NAME",
+                    help="--node-target=kind: the cluster (default: kind); its node is NAME-control-plane")
+    group.addoption("--kind-node", default="", metavar="CONTAINER",
+                    help="--node-target=kind: the node's container, if not the cluster's control plane")
+    group.addoption("--docker-host", default="", metavar="URL",
+                    help="--node-target=kind: the Docker engine (default: $DOCKER_HOST or its usual socket)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -99,7 +111,15 @@ async def node(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
 async def _start(request: pytest.FixtureRequest, root: Path, extra: dict[str, Any]) -> NodeTarget:
     config = request.config
     kind, runtime = config.getoption("--node-target"), config.getoption("--runtime")
-    endpoint = str(request.getfixturevalue("containerd_endpoint")) if runtime == "containerd" else None
+    endpoint = str(request.getfixturevalue("containerd_endpoint")) if runtime == "containerd" and kind != "kind" \
+        else None
+    if kind == "kind":
+        if hasattr(config, "workerinput"):
+            raise pytest.UsageError("--node-target=kind: the specs share the node, one at a time; run without -n")
+        if extra:
+            pytest.skip(f"needs KubeletConfiguration {', '.join(sorted(extra))}: a kind node runs the cluster's")
+        container = str(config.getoption("--kind-node")) or f"{config.getoption('--kind-cluster')}-control-plane"
+        return await kind_node(container, str(config.getoption("--docker-host")) or None)
     if kind == "agent":
         return await (agent_on_endpoint(root, endpoint, extra) if endpoint else agent_on_emulator(root, extra))
     binary = str(config.getoption("--kubelet-binary"))

@@ -149,7 +149,12 @@ class NodeTarget(abc.ABC):
 
     async def pods(self) -> Pods:
         """The node's pods from ``/pods``, by name; the containers' changes go into the timeline."""
-        pods: Pods = {item["metadata"]["name"]: item for item in json.loads(await self._get("/pods"))["items"]}
+        return await self.pods_of(lambda _: True)
+
+    async def pods_of(self, keep: Callable[[str], bool]) -> Pods:
+        """:meth:`pods`, of the pods whose names ``keep`` keeps."""
+        pods: Pods = {item["metadata"]["name"]: item for item in json.loads(await self._get("/pods"))["items"]
+                      if keep(item["metadata"]["name"])}
         for s in samples(pods, self.elapsed_s()):
             key = (s.pod, s.container)
             last = self._last.get(key)
