@@ -281,7 +281,10 @@ def test_a_state_too_brief_for_a_slower_reader_may_be_missing_but_no_other() -> 
     assert not reconcilable(long_wait, slow)  # eight seconds creating are no reader's blind spot
     error = marked_sequence([_s(0, "running"), _s(5, "terminated:Error"), _s(6, "running")], 9, 3.0)
     oom = marked_sequence([_s(0, "running"), _s(5, "terminated:OOMKilled"), _s(6, "running")], 9, 3.0)
-    assert not reconcilable(error, oom)  # each brief, but in the same place: they differ
+    assert not reconcilable(error, oom)  # each brief, but in the same place and of one kind: they differ
+    unseen_run = marked_sequence([_s(1, creating), _s(3, "terminated:Completed")], 9, 3.0)
+    unseen_wait = marked_sequence([_s(1.8, "running"), _s(2.8, "terminated:Completed")], 9, 3.0)
+    assert reconcilable(unseen_run, unseen_wait)  # each missed what the other saw briefly, of other kinds
     assert not reconcilable(fast, [*fast, ("waiting:CrashLoopBackOff", False)])  # the last state counts
 
 

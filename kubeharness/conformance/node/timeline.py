@@ -133,24 +133,30 @@ def marked_sequence(lane_samples: list[Sample], end: float, brief_s: float) -> l
 
 
 def reconcilable(a: list[tuple[str, bool]], b: list[tuple[str, bool]]) -> bool:
-    """Whether two marked sequences tell the same story: they align with brief states left over, between
-    two aligned states, on one side only (two different brief states in the same place are a difference).
-    A node on the real clock read twice a second never sees the milliseconds of
-    ``waiting:ContainerCreating`` that a virtual clock shows, nor, always, a container that ran for a
-    second; neither is a difference."""
+    """Whether two marked sequences tell the same story: they align with brief states left over, on
+    either side, except that the two sides must not leave out states of one kind (waiting, running,
+    terminated) between the same two aligned states: ``terminated:Error`` on one node where the other has
+    ``terminated:OOMKilled`` is a difference however briefly each lasted. A node on the real clock read
+    twice a second never sees the milliseconds of ``waiting:ContainerCreating`` that a virtual clock
+    shows, and a virtual clock read every second may miss a container that ran for one; neither is a
+    difference."""
     n, m = len(a), len(b)
 
+    def kind(state: str) -> str:
+        return state.split(":", 1)[0]
+
     @functools.cache
-    def fits(i: int, j: int, dropped: int) -> bool:  # dropped since the last aligned pair: 0 none, 1 a's, 2 b's
+    def fits(i: int, j: int, left_a: frozenset[str], left_b: frozenset[str]) -> bool:
+        # left_a, left_b: the kinds of the states each side left out since the last aligned pair
         if i == n and j == m:
             return True
-        if i < n and j < m and a[i][0] == b[j][0] and fits(i + 1, j + 1, 0):
+        if i < n and j < m and a[i][0] == b[j][0] and fits(i + 1, j + 1, frozenset(), frozenset()):
             return True
-        if i < n and a[i][1] and dropped != 2 and fits(i + 1, j, 1):
+        if i < n and a[i][1] and kind(a[i][0]) not in left_b and fits(i + 1, j, left_a | {kind(a[i][0])}, left_b):
             return True
-        return j < m and b[j][1] and dropped != 1 and fits(i, j + 1, 2)
+        return j < m and b[j][1] and kind(b[j][0]) not in left_a and fits(i, j + 1, left_a, left_b | {kind(b[j][0])})
 
-    return fits(0, 0, 0)
+    return fits(0, 0, frozenset(), frozenset())
 
 
 def sequences(entry: dict[str, Any], suffix: str = "") -> dict[Lane, tuple[list[str], int]]:
