@@ -54,6 +54,7 @@ class KindNode(NodeTarget):
         self.bridge = bridge
         self.channel = grpc.aio.insecure_channel(bridge.endpoint)
         self.runtime = api_grpc.RuntimeServiceStub(self.channel)
+        self.image_service = api_grpc.ImageServiceStub(self.channel)
         self._written: set[str] = set()  # manifest names this spec wrote
         self._began = self.now_s()
 
@@ -108,6 +109,10 @@ class KindNode(NodeTarget):
             return list(json.loads(await self._get("/events"))["items"])
         except NodeUnavailable:
             return None
+
+    async def images(self) -> set[str]:
+        reply = await self.image_service.ListImages(api.ListImagesRequest(), timeout=30)
+        return {tag for image in reply.images for tag in image.repo_tags}
 
     async def running(self, full_name: str, namespace: str = "default") -> list[str]:
         """From CRI ListContainers on the node's runtime, over the bridge."""

@@ -64,6 +64,7 @@ class KubeletNode(NodeTarget):
         self.cri = cri
         self.channel = grpc.aio.insecure_channel(endpoint)
         self.runtime = api_grpc.RuntimeServiceStub(self.channel)
+        self.image_service = api_grpc.ImageServiceStub(self.channel)
         self._began = self.now_s()
 
     def now_s(self) -> float:
@@ -84,6 +85,10 @@ class KubeletNode(NodeTarget):
             return list(json.loads(await self._get("/events"))["items"])
         except NodeUnavailable:
             return None
+
+    async def images(self) -> set[str]:
+        reply = await self.image_service.ListImages(api.ListImagesRequest(), timeout=30)
+        return {tag for image in reply.images for tag in image.repo_tags}
 
     async def running(self, full_name: str, namespace: str = "default") -> list[str]:
         """From CRI ListContainers on the node's runtime."""

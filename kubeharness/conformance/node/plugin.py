@@ -14,7 +14,9 @@ cluster's node through its Docker engine (:mod:`kindnode`), on the node's own ku
 (``--runtime`` does not apply); specs run one at a time, as they share the node, and those that need
 KubeletConfiguration fields are skipped (the node runs the cluster's configuration).
 
-A spec asks for KubeletConfiguration fields with ``@pytest.mark.node_config(**fields)``. Every spec's
+A spec asks for KubeletConfiguration fields with ``@pytest.mark.node_config(**fields)``; one that follows
+minutes of real time (kubelet's 5-minute image GC period, say) says so with
+``@pytest.mark.node_long("about 8 minutes")`` and runs on real-clock nodes only with ``--node-long``. Every spec's
 target name and the timeline of its containers' states go into the conformance observations
 (``--observations FILE``), next to what the spec itself recorded with ``observe``. At the end the
 terminal summary prints the time compression: node seconds each spec covered per wall second it took, and
@@ -50,6 +52,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="the node's container runtime (default: emulator)")
     group.addoption("--kubelet-binary", default="", metavar="PATH",
                     help="--node-target=kubelet: the kubelet binary (or a stand-in taking kubelet's flags)")
+    group.addoption("--node-long", action="store_true",
+                    help="also run the specs that take many minutes of real time on real-clock nodes")
     group.addoption("--kind-cluster", default="kind", metavar="NAME",
                     help="--node-target=kind: the cluster (default: kind); its node is NAME-control-plane")
     group.addoption("--kind-node", default="", metavar="CONTAINER",
@@ -60,6 +64,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "node_config(**fields): KubeletConfiguration fields for this spec's node")
+    config.addinivalue_line("markers", "node_long(duration): the spec takes that long on a real clock: skipped "
+                            "there without --node-long")
 
 
 def _env(*args: str) -> subprocess.CompletedProcess[str]:
@@ -91,6 +97,11 @@ def containerd_endpoint(request: pytest.FixtureRequest) -> Iterator[str]:
 @pytest.fixture
 async def node(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[NodeTarget]:
     """The node under test, configured for this spec; its pods are removed and it is stopped afterwards."""
+    long_marker = request.node.get_closest_marker("node_long")
+    kind, runtime = request.config.getoption("--node-target"), request.config.getoption("--runtime")
+    virtual = (kind, runtime) == ("agent", "emulator")  # the one node on a virtual clock
+    if long_marker and not virtual and not request.config.getoption("--node-long"):
+        pytest.skip(f"takes {long_marker.args[0]} of real time: run with --node-long")
     marker = request.node.get_closest_marker("node_config")
     extra: dict[str, Any] = dict(marker.kwargs) if marker else {}
     target = await _start(request, tmp_path, extra)

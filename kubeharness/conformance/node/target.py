@@ -24,6 +24,7 @@ import aiohttp
 
 Pods = dict[str, dict[str, Any]]
 KHELPER = "kubeharness.test/khelper:1"
+BUSYBOX = "docker.io/library/busybox:1.36"  # a second image every target has (the emulator's, env up's)
 
 
 class NodeUnavailable(Exception):
@@ -171,6 +172,10 @@ class NodeTarget(abc.ABC):
         """The names of the pod's containers that its runtime runs now (a static pod leaves ``/pods`` as
         soon as its manifest goes, as in kubelet, while its containers are still being stopped)."""
         raise NotImplementedError(f"{self.name} cannot list its runtime's containers")
+
+    async def images(self) -> set[str]:
+        """The tags of the images the node's runtime has (CRI ListImages)."""
+        raise NotImplementedError(f"{self.name} cannot list its runtime's images")
 
     def log_files(self, pod: dict[str, Any], container: str) -> dict[str, bytes]:
         """The container's log files in kubelet's layout (``<ns>_<name>_<uid>/<container>/``), by name."""
