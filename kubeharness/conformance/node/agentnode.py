@@ -109,6 +109,10 @@ class AgentNode(NodeTarget):
         return sorted(c.metadata.name for c in containers if c.state == api.CONTAINER_RUNNING
                       and c.labels.get(POD_NAME) == full_name and c.labels.get(POD_NAMESPACE) == namespace)
 
+    async def sandboxes(self, full_name: str, namespace: str = "default") -> list[tuple[str, bool]]:
+        return sorted((s.id, s.state == api.SANDBOX_READY) for s in await self.agent.client.list_sandboxes()
+                      if s.labels.get(POD_NAME) == full_name and s.labels.get(POD_NAMESPACE) == namespace)
+
     async def images(self) -> set[str]:
         return {tag for image in await self.agent.client.list_images() for tag in image.repo_tags}
 

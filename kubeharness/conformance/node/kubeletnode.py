@@ -86,6 +86,11 @@ class KubeletNode(NodeTarget):
         except NodeUnavailable:
             return None
 
+    async def sandboxes(self, full_name: str, namespace: str = "default") -> list[tuple[str, bool]]:
+        reply = await self.runtime.ListPodSandbox(api.ListPodSandboxRequest(filter=api.PodSandboxFilter(
+            label_selector={POD_NAME: full_name, POD_NAMESPACE: namespace})), timeout=30)
+        return sorted((s.id, s.state == api.SANDBOX_READY) for s in reply.items)
+
     async def images(self) -> set[str]:
         reply = await self.image_service.ListImages(api.ListImagesRequest(), timeout=30)
         return {tag for image in reply.images for tag in image.repo_tags}

@@ -173,6 +173,10 @@ class NodeTarget(abc.ABC):
         soon as its manifest goes, as in kubelet, while its containers are still being stopped)."""
         raise NotImplementedError(f"{self.name} cannot list its runtime's containers")
 
+    async def sandboxes(self, full_name: str, namespace: str = "default") -> list[tuple[str, bool]]:
+        """The pod's sandboxes in its runtime (CRI ListPodSandbox): (id, ready) for each."""
+        raise NotImplementedError(f"{self.name} cannot list its runtime's sandboxes")
+
     async def images(self) -> set[str]:
         """The tags of the images the node's runtime has (CRI ListImages)."""
         raise NotImplementedError(f"{self.name} cannot list its runtime's images")
