@@ -78,46 +78,37 @@ def engine() -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def node_name(engine: str) -> Iterator[str]:
-    """A stand-in kind node, serving /pods on its read-only port."""
+def _standin(engine: str, name: str, agent: bool, ready: list[str], log: str) -> Iterator[str]:
+    """Run a stand-in node until ``ready`` succeeds in it; remove it afterwards."""
     client = docker.DockerClient(base_url=engine)
-    name = f"kh-standin-{os.getpid()}"
     standin.remove_node(client, name)
-    standin.run_node(client, name)
+    standin.run_node(client, name, agent=agent)
     node = DockerNode(name, engine)
     try:
         deadline = time.monotonic() + START_S
-        while node.exec_sync(["curl", "-sf", f"http://127.0.0.1:{standin.READ_ONLY_PORT}/pods"]).code != 0:
+        while node.exec_sync(ready).code != 0:
             if time.monotonic() > deadline:
-                pytest.fail(f"the stand-in node did not serve /pods: {node.exec_sync(['cat', '/var/log/kubelet.log'])}")
+                pytest.fail(f"the stand-in node {name} did not come up: {node.exec_sync(['cat', log])}")
             time.sleep(0.3)
         yield name
     finally:
         node.close()
         standin.remove_node(client, name)
         client.close()
+
+
+@pytest.fixture(scope="module")
+def node_name(engine: str) -> Iterator[str]:
+    """A stand-in kind node, serving /pods on its read-only port."""
+    yield from _standin(engine, f"kh-standin-{os.getpid()}", True,
+                        ["curl", "-sf", f"http://127.0.0.1:{standin.READ_ONLY_PORT}/pods"], "/var/log/kubelet.log")
 
 
 @pytest.fixture(scope="module")
 def runtime_node_name(engine: str) -> Iterator[str]:
     """A stand-in node with its CRI runtime alone (no agent), for the CRI-level suite."""
-    client = docker.DockerClient(base_url=engine)
-    name = f"kh-standin-cri-{os.getpid()}"
-    standin.remove_node(client, name)
-    standin.run_node(client, name, agent=False)
-    node = DockerNode(name, engine)
-    try:
-        deadline = time.monotonic() + START_S
-        while node.exec_sync(["test", "-S", "/run/containerd/containerd.sock"]).code != 0:
-            if time.monotonic() > deadline:
-                pytest.fail(f"the stand-in runtime did not come up: {node.exec_sync(['cat', '/var/log/cri.log'])}")
-            time.sleep(0.3)
-        yield name
-    finally:
-        node.close()
-        standin.remove_node(client, name)
-        client.close()
+    yield from _standin(engine, f"kh-standin-cri-{os.getpid()}", False,
+                        ["test", "-S", "/run/containerd/containerd.sock"], "/var/log/cri.log")
 
 
 @pytest.fixture

@@ -25,44 +25,29 @@ from typing import Any
 
 import grpc
 
-from kubeharness.conformance.node.target import NodeTarget, NodeUnavailable, Pods
+from kubeharness.conformance.node.remotenode import RemoteNode
+from kubeharness.conformance.node.target import NodeUnavailable, Pods
 from kubeharness.kind.bridge import CriBridge
 from kubeharness.kind.command import CONTAINERD_SOCKET
 from kubeharness.kind.transport import DockerError, DockerNode
 from kubeharness.wire.cri import api_pb2 as api
-from kubeharness.wire.cri import api_pb2_grpc as api_grpc
 
 MANIFESTS = "/etc/kubernetes/manifests"
 POD_LOGS = "/var/log/pods"
 READ_ONLY_PORT = 10255
 START_S = 60.0  # real seconds for the node's kubelet to answer on its read-only port
 RUNTIMES = {"kubeharness": "emulator"}  # CRI runtime_name -> the target name's second part
-POD_NAME = "io.kubernetes.pod.name"
-POD_NAMESPACE = "io.kubernetes.pod.namespace"
 
 
-class KindNode(NodeTarget):
+class KindNode(RemoteNode):
     """A kind node (or a stand-in with the same outside) through the Docker engine, on the real clock."""
 
-    virtual = False
-    poll_s = 0.5
-
     def __init__(self, docker_node: DockerNode, bridge: CriBridge, port: int) -> None:
-        super().__init__(docker_node.hostname, Path(MANIFESTS), Path(POD_LOGS), port)
+        super().__init__(docker_node.hostname, Path(MANIFESTS), Path(POD_LOGS), port, bridge.endpoint)
         self.name = "kind"
         self.docker = docker_node
         self.bridge = bridge
-        self.channel = grpc.aio.insecure_channel(bridge.endpoint)
-        self.runtime = api_grpc.RuntimeServiceStub(self.channel)
-        self.image_service = api_grpc.ImageServiceStub(self.channel)
         self._written: set[str] = set()  # manifest names this spec wrote
-        self._began = self.now_s()
-
-    def now_s(self) -> float:
-        return time.time()  # the clock of the timestamps in /pods: the node shares this host's kernel
-
-    async def wait(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
 
     def write(self, name: str, manifest: dict[str, Any]) -> None:
         part = f".{name}.json.part"
@@ -103,29 +88,6 @@ class KindNode(NodeTarget):
         except DockerError as err:
             raise NodeUnavailable(f"{self.name}: {err}") from None
 
-    async def events(self) -> list[dict[str, Any]] | None:
-        """Where the node serves ``/events`` (the stand-in's agent does; a kubelet does not)."""
-        try:
-            return list(json.loads(await self._get("/events"))["items"])
-        except NodeUnavailable:
-            return None
-
-    async def sandboxes(self, full_name: str, namespace: str = "default") -> list[tuple[str, bool]]:
-        reply = await self.runtime.ListPodSandbox(api.ListPodSandboxRequest(filter=api.PodSandboxFilter(
-            label_selector={POD_NAME: full_name, POD_NAMESPACE: namespace})), timeout=30)
-        return sorted((s.id, s.state == api.SANDBOX_READY) for s in reply.items)
-
-    async def images(self) -> set[str]:
-        reply = await self.image_service.ListImages(api.ListImagesRequest(), timeout=30)
-        return {tag for image in reply.images for tag in image.repo_tags}
-
-    async def running(self, full_name: str, namespace: str = "default") -> list[str]:
-        """From CRI ListContainers on the node's runtime, over the bridge."""
-        reply = await self.runtime.ListContainers(api.ListContainersRequest(filter=api.ContainerFilter(
-            state=api.ContainerStateValue(state=api.CONTAINER_RUNNING),
-            label_selector={POD_NAME: full_name, POD_NAMESPACE: namespace})), timeout=30)
-        return sorted(c.metadata.name for c in reply.containers)
-
     async def drain(self, within_s: float) -> None:
         """Remove the manifests this spec wrote and wait until their pods are gone."""
         for name in self._written:
@@ -150,7 +112,6 @@ class KindNode(NodeTarget):
 
     async def close(self) -> None:
         await super().close()
-        await self.channel.close(None)
         await self.bridge.stop()
         self.bridge.listen.parent.rmdir()
         self.docker.close()
@@ -168,9 +129,4 @@ async def kind_node(container: str, docker_host: str | None = None) -> KindNode:
     bridge = CriBridge(docker_node, Path(tempfile.mkdtemp(prefix="kh-kind-")) / "cri.sock")
     await bridge.start()
     node = KindNode(docker_node, bridge, READ_ONLY_PORT)
-    try:
-        await node.wait_serving()
-    except BaseException:
-        await node.close()
-        raise
-    return node
+    return await node.serving()

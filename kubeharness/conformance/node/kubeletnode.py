@@ -17,22 +17,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import signal
 import time
 from pathlib import Path
 from typing import Any
 
-import grpc
 import yaml
 
 from kubeharness.clock import RealClock
 from kubeharness.conformance.node.agentnode import NODE_NAME, free_port, kubelet_config, pod_cidr
-from kubeharness.conformance.node.target import NodeTarget, NodeUnavailable
+from kubeharness.conformance.node.remotenode import RemoteNode
+from kubeharness.conformance.node.target import NodeUnavailable
 from kubeharness.emulators.cri.config import CriConfig
 from kubeharness.emulators.cri.server import CriServer
-from kubeharness.wire.cri import api_pb2 as api
-from kubeharness.wire.cri import api_pb2_grpc as api_grpc
 
 # what a standalone kubelet needs beside kubelet_config(); the agent ignores what it does not implement
 STANDALONE: dict[str, Any] = {
@@ -45,62 +42,24 @@ STANDALONE: dict[str, Any] = {
 START_S = 60.0  # real seconds for the binary to serve /pods
 STOP_S = 30.0  # real seconds between SIGTERM and SIGKILL
 LOG_TAIL = 3000  # characters of kubelet.log in an error
-POD_NAME = "io.kubernetes.pod.name"
-POD_NAMESPACE = "io.kubernetes.pod.namespace"
 
 
-class KubeletNode(NodeTarget):
+class KubeletNode(RemoteNode):
     """A kubelet (or a stand-in) in a process of its own, on the real clock."""
-
-    virtual = False
-    poll_s = 0.5
 
     def __init__(self, name: str, root: Path, port: int, process: asyncio.subprocess.Process, endpoint: str,
                  cri: CriServer | None) -> None:
-        super().__init__(NODE_NAME, root / "manifests", root / "pods", port)
+        super().__init__(NODE_NAME, root / "manifests", root / "pods", port, endpoint)
         self.name = name
         self.root = root
         self.process = process
         self.cri = cri
-        self.channel = grpc.aio.insecure_channel(endpoint)
-        self.runtime = api_grpc.RuntimeServiceStub(self.channel)
-        self.image_service = api_grpc.ImageServiceStub(self.channel)
-        self._began = self.now_s()
-
-    def now_s(self) -> float:
-        return time.time()  # the clock of the timestamps in /pods (the node's own, on this machine)
-
-    async def wait(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
 
     def log_tail(self) -> str:
         try:
             return (self.root / "kubelet.log").read_text(errors="replace")[-LOG_TAIL:]
         except OSError:
             return ""
-
-    async def events(self) -> list[dict[str, Any]] | None:
-        """Where the binary serves ``/events`` (our agent does; a kubelet without an API server has none)."""
-        try:
-            return list(json.loads(await self._get("/events"))["items"])
-        except NodeUnavailable:
-            return None
-
-    async def sandboxes(self, full_name: str, namespace: str = "default") -> list[tuple[str, bool]]:
-        reply = await self.runtime.ListPodSandbox(api.ListPodSandboxRequest(filter=api.PodSandboxFilter(
-            label_selector={POD_NAME: full_name, POD_NAMESPACE: namespace})), timeout=30)
-        return sorted((s.id, s.state == api.SANDBOX_READY) for s in reply.items)
-
-    async def images(self) -> set[str]:
-        reply = await self.image_service.ListImages(api.ListImagesRequest(), timeout=30)
-        return {tag for image in reply.images for tag in image.repo_tags}
-
-    async def running(self, full_name: str, namespace: str = "default") -> list[str]:
-        """From CRI ListContainers on the node's runtime."""
-        reply = await self.runtime.ListContainers(api.ListContainersRequest(filter=api.ContainerFilter(
-            state=api.ContainerStateValue(state=api.CONTAINER_RUNNING),
-            label_selector={POD_NAME: full_name, POD_NAMESPACE: namespace})), timeout=30)
-        return sorted(c.metadata.name for c in reply.containers)
 
     async def wait_serving(self) -> None:
         deadline = time.monotonic() + START_S
@@ -118,11 +77,10 @@ class KubeletNode(NodeTarget):
             await asyncio.sleep(0.2)
 
     async def close(self) -> None:
-        await super().close()
         try:
             await stop(self.process)
         finally:
-            await self.channel.close(None)
+            await super().close()
             if self.cri is not None:
                 await self.cri.stop(grace=0)
 
@@ -168,9 +126,4 @@ async def kubelet_node(root: Path, binary: str, extra: dict[str, Any], endpoint:
             await cri.stop(grace=0)
         raise NodeUnavailable(f"--kubelet-binary {binary}: cannot start it: {err.strerror or err}") from None
     node = KubeletNode(f"kubelet+{'emulator' if cri else 'containerd'}", root, port, process, endpoint, cri)
-    try:
-        await node.wait_serving()
-    except BaseException:
-        await node.close()
-        raise
-    return node
+    return await node.serving()
