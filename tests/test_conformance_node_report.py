@@ -304,6 +304,21 @@ def test_the_differences_of_a_spec_per_target_against_the_reference() -> None:
     assert [(n, t) for n, t, _ in report.drifts(targets)] == [("a.py::test_a", "late")]
 
 
+def test_a_spec_a_target_skipped_is_listed_as_not_run_and_not_compared() -> None:
+    results: dict[str, dict[str, Any]] = {}
+    why = "takes 5 to 9 minutes of real time: run with --node-long"
+    skip = pytest.TestReport("a.py::test_a", ("a.py", 1, "test_a"), {}, "skipped", ("a.py", 20, f"Skipped: {why}"),
+                             "setup", user_properties=[("target", "slow")])
+    record_report(results, skip)
+    assert results["a.py::test_a"] == {"outcome": "skipped", "observed": {}, "target": "slow", "skipped": why}
+    targets = {"ref": {"a.py::test_a": _entry_of(_s(0, "running"), _s(5, "terminated:Completed"))},
+               "slow": results}
+    assert report.differences(targets) == []
+    md = report.render(targets, {})
+    assert _section(md, "Not run") == [f"- slow: a :: test_a: {why}"]
+    assert "## Failures" not in md
+
+
 def test_a_known_difference_is_matched_by_its_case_or_the_whole_spec() -> None:
     known = {"test_a": "whole", "test_b[1]": "one case"}
     assert report.explanation("x.py::test_a[2]", known) == "test_a"

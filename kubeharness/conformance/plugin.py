@@ -118,6 +118,8 @@ def record_report(results: dict[str, dict[str, Any]], report: pytest.TestReport)
                 entry["observed"][key.removeprefix("observed:")] = value
         if report.failed:
             entry["failure"] = str(report.longrepr).strip().splitlines()[-1][:500] if report.longrepr else ""
+        elif report.skipped and isinstance(report.longrepr, tuple):  # (path, line, "Skipped: why")
+            entry["skipped"] = str(report.longrepr[2]).removeprefix("Skipped: ")[:500]
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

@@ -11,9 +11,9 @@ states: each container's sequence of distinct states (times ignored, but a state
 :data:`BRIEF_S` on one target may be missing on the other: a target reading its pods less often, or
 later, does not see it; see :func:`~.timeline.reconcilable`) and its last restart count, from the
 timeline. Each difference is explained in the known-differences file (spec name -> why; a parametrised
-spec listed whole or case by case) or listed as not yet explained. The Markdown also lists
-the failures and each target's time compression; the HTML page (:mod:`.timeline_html`) draws the
-timelines on a time axis shared by the targets of a spec.
+spec listed whole or case by case) or listed as not yet explained. The Markdown also lists the failures,
+the specs a target skipped (not compared: "Not run", with the reason) and each target's time compression;
+the HTML page (:mod:`.timeline_html`) draws the timelines on a time axis shared by the targets of a spec.
 """
 
 from __future__ import annotations
@@ -118,6 +118,8 @@ def spec_differences(nodeid: str, targets: Targets) -> list[Difference]:
             if a is not None or b is not None:
                 found.append(Difference(nodeid, name, "ran", a is not None, b is not None))
             continue
+        if "skipped" in (a["outcome"], b["outcome"]):
+            continue  # not run on one of them: nothing to compare (the report lists what was skipped, and why)
         if a["outcome"] != b["outcome"]:
             found.append(Difference(nodeid, name, "outcome", a["outcome"], b["outcome"]))
         observed_a, observed_b = a.get("observed", {}), b.get("observed", {})
@@ -242,6 +244,10 @@ def render(targets: Targets, known: dict[str, str] | None = None, known_label: s
     if failures:
         lines += ["", "## Failures", ""]
         lines += [f"- {name}: {_text(short(n))}: {_text(r.get('failure', ''))}" for name, n, r in failures]
+    skipped = [(name, n, r) for name in names for n, r in sorted(targets[name].items()) if r["outcome"] == "skipped"]
+    if skipped:
+        lines += ["", "## Not run", ""]
+        lines += [f"- {name}: {_text(short(n))}: {_text(r.get('skipped', ''))}" for name, n, r in skipped]
     compressed = {name: c for name in names if (c := compression(targets[name])) is not None}
     if compressed:
         lines += ["", "## Node time", "", "Node seconds the specs covered per wall second they took (the specs' own "
