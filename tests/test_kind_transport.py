@@ -30,6 +30,7 @@ import pytest
 
 from kubeharness.kind import standin
 from kubeharness.kind.bridge import CriBridge
+from kubeharness.kind.layout import MANIFESTS, READ_ONLY_PORT
 from kubeharness.kind.transport import DockerError, DockerNode, open_stream
 from kubeharness.wire.cri import api_pb2 as api
 from kubeharness.wire.cri import api_pb2_grpc as api_grpc
@@ -101,7 +102,7 @@ def _standin(engine: str, name: str, agent: bool, ready: list[str], log: str) ->
 def node_name(engine: str) -> Iterator[str]:
     """A stand-in kind node, serving /pods on its read-only port."""
     yield from _standin(engine, f"kh-standin-{os.getpid()}", True,
-                        ["curl", "-sf", f"http://127.0.0.1:{standin.READ_ONLY_PORT}/pods"], "/var/log/kubelet.log")
+                        ["curl", "-sf", f"http://127.0.0.1:{READ_ONLY_PORT}/pods"], "/var/log/kubelet.log")
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +236,7 @@ def test_the_node_suite_runs_on_the_kind_target_and_leaves_the_nodes_own_pods_al
     # a pod of the cluster's own, as a kind node has its control plane's static pods
     own = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "cluster-own"},
            "spec": {"containers": [{"name": "c", "image": "kubeharness.test/khelper:1"}]}}
-    node.put_files_sync(standin.MANIFESTS, {"cluster-own.yaml": (json.dumps(own).encode(), 0o644)})
+    node.put_files_sync(MANIFESTS, {"cluster-own.yaml": (json.dumps(own).encode(), 0o644)})
     run, results = _pytest(
         ["conformance/node/test_restarts.py::test_a_container_that_exits_under_a_policy_that_restarts_it[Always-1]",
          "conformance/node/test_restarts.py::"
@@ -252,6 +253,6 @@ def test_the_node_suite_runs_on_the_kind_target_and_leaves_the_nodes_own_pods_al
         assert entry["target"] == "kind+emulator"
         assert entry["timeline"] and all(s["pod"].endswith(f"-{node.name}") for s in entry["timeline"])
         assert not any(s["pod"].startswith("cluster-own") for s in entry["timeline"])
-    pods = json.loads(node.exec_sync(["curl", "-sf", f"http://127.0.0.1:{standin.READ_ONLY_PORT}/pods"]).stdout)
+    pods = json.loads(node.exec_sync(["curl", "-sf", f"http://127.0.0.1:{READ_ONLY_PORT}/pods"]).stdout)
     assert [p["metadata"]["name"] for p in pods["items"]] == [f"cluster-own-{node.name}"]  # the spec's are gone
-    assert sorted(node.read_dir_sync(standin.MANIFESTS)) == ["cluster-own.yaml"]
+    assert sorted(node.read_dir_sync(MANIFESTS)) == ["cluster-own.yaml"]

@@ -16,7 +16,7 @@ import contextlib
 import logging
 from pathlib import Path
 
-from kubeharness.kind.command import CONTAINERD_SOCKET
+from kubeharness.kind.layout import CONTAINERD_SOCKET
 from kubeharness.kind.transport import DockerError, DockerNode, ExecStream, open_stream
 
 RELAY = ("socat", "-", "UNIX-CONNECT:{socket}")

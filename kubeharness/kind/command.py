@@ -16,7 +16,7 @@ import signal
 import sys
 from pathlib import Path
 
-CONTAINERD_SOCKET = "/run/containerd/containerd.sock"  # as kubeharness.kind.bridge has it
+from kubeharness.kind.layout import CONTAINERD_SOCKET
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

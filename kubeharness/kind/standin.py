@@ -24,13 +24,11 @@ import docker
 import docker.errors
 import yaml
 
+from kubeharness.kind.layout import CONTAINERD_SOCKET, MANIFESTS, POD_LOGS, READ_ONLY_PORT
 from kubeharness.kind.transport import DockerError, tar_of
 
 IMAGE = "kubeharness.test/standin-node"
 TAG = "1"
-READ_ONLY_PORT = 10255
-MANIFESTS = "/etc/kubernetes/manifests"
-POD_LOGS = "/var/log/pods"
 ENTRY = "/kubeharness-node.sh"
 CHECKOUT = Path(__file__).resolve().parents[2]
 TOP_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
@@ -42,7 +40,7 @@ def kubelet_config() -> dict[str, Any]:
     """The stand-in's KubeletConfiguration: as kind's kubelet, with the read-only port on."""
     return {
         "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
-        "containerRuntimeEndpoint": "unix:///run/containerd/containerd.sock", "staticPodPath": MANIFESTS,
+        "containerRuntimeEndpoint": f"unix://{CONTAINERD_SOCKET}", "staticPodPath": MANIFESTS,
         "fileCheckFrequency": "1s", "syncFrequency": "2s", "readOnlyPort": READ_ONLY_PORT, "address": "127.0.0.1",
         "healthzPort": 0, "podLogsDir": POD_LOGS, "clusterDNS": ["10.96.0.10"], "clusterDomain": "cluster.local",
     }
@@ -55,7 +53,7 @@ def entry_script(python: str) -> str:
     return (
         "#!/bin/sh\n"
         "# the stand-in node: a CRI emulator where kind has containerd, our agent where it has a kubelet\n"
-        f"{python} -m kubeharness.cli cri serve --socket /run/containerd/containerd.sock "
+        f"{python} -m kubeharness.cli cri serve --socket {CONTAINERD_SOCKET} "
         "--state-dir /var/lib/kubeharness-cri >/var/log/cri.log 2>&1 &\n"
         'if [ -n "$KUBEHARNESS_NO_AGENT" ]; then wait; exit; fi\n'
         f'exec {python} -m kubeharness.cli agent --config /etc/kubeharness/kubelet.yaml '

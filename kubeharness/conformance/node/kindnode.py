@@ -28,13 +28,10 @@ import grpc
 from kubeharness.conformance.node.remotenode import RemoteNode
 from kubeharness.conformance.node.target import NodeUnavailable, Pods
 from kubeharness.kind.bridge import CriBridge
-from kubeharness.kind.command import CONTAINERD_SOCKET
+from kubeharness.kind.layout import CONTAINERD_SOCKET, MANIFESTS, POD_LOGS, READ_ONLY_PORT
 from kubeharness.kind.transport import DockerError, DockerNode
 from kubeharness.wire.cri import api_pb2 as api
 
-MANIFESTS = "/etc/kubernetes/manifests"
-POD_LOGS = "/var/log/pods"
-READ_ONLY_PORT = 10255
 START_S = 60.0  # real seconds for the node's kubelet to answer on its read-only port
 RUNTIMES = {"kubeharness": "emulator"}  # CRI runtime_name -> the target name's second part
 

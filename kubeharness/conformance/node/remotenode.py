@@ -17,12 +17,11 @@ from typing import Any, Self
 
 import grpc
 
+from kubeharness.agent.pod.labels import POD_NAME, POD_NAMESPACE
 from kubeharness.conformance.node.target import NodeTarget, NodeUnavailable
 from kubeharness.wire.cri import api_pb2 as api
 from kubeharness.wire.cri import api_pb2_grpc as api_grpc
 
-POD_NAME = "io.kubernetes.pod.name"
-POD_NAMESPACE = "io.kubernetes.pod.namespace"
 CRI_TIMEOUT_S = 30
 
 
